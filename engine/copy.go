@@ -1,0 +1,336 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// S3's multipart limits.
+const (
+	maxParts    = 10000
+	minPartSize = 5 << 20
+	maxPartSize = 5 << 30
+)
+
+// replicate writes op's version to the destination and returns the
+// replica's version id.
+func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op *Op) (string, error) {
+	if !op.WriteStarted.IsZero() {
+		// A write may have landed before a crash or a lost response: look
+		// for it rather than writing a second replica.
+		v, found, err := dest.FindReplica(ctx, op.DestBucket, op.DestKey, op.Action, op.VersionID, op.WriteStarted)
+		if err != nil {
+			return "", fmt.Errorf("look for an earlier replica of %s: %w", op, err)
+		}
+		if found {
+			e.log.Info("replica already written before a restart or timeout", "key", op.Key, "version", op.VersionID, "replica", v)
+			if up, _ := e.cfg.State.LoadUpload(op.ID()); up != nil {
+				_ = e.cfg.State.DeleteUpload(op.ID())
+			}
+			return v, nil
+		}
+	}
+	if op.Action == ActionDeleteMarker {
+		if err := e.startWrite(ctx, op); err != nil {
+			return "", err
+		}
+		v, err := dest.PutDeleteMarker(ctx, op.DestBucket, op.DestKey)
+		if err != nil {
+			return "", fmt.Errorf("put delete marker on %s/%s: %w", op.DestBucket, op.DestKey, err)
+		}
+		return v, nil
+	}
+	if op.Size > e.cfg.MultipartThreshold {
+		return e.copyMultipart(ctx, rule, dest, op)
+	}
+	obj, err := e.cfg.Source.Get(ctx, op.Bucket, op.Key, op.VersionID, nil)
+	if err != nil {
+		return "", fmt.Errorf("get %s: %w", op, err)
+	}
+	if obj.Size > e.cfg.MultipartThreshold {
+		// The event did not tell the size; now we know it is large.
+		obj.Body.Close()
+		e.learnSize(op, obj.Size)
+		return e.copyMultipart(ctx, rule, dest, op)
+	}
+	e.learnSize(op, obj.Size)
+	buf := e.buffers.get(obj.Size)
+	defer e.buffers.put(buf)
+	n, err := io.ReadFull(obj.Body, buf)
+	obj.Body.Close()
+	e.m.sourceBytes.Add(float64(n))
+	if err != nil {
+		return "", fmt.Errorf("read %s: got %d of %d bytes: %w", op, n, obj.Size, err)
+	}
+	if err := e.readTags(ctx, op, obj); err != nil {
+		return "", err
+	}
+	if err := e.startWrite(ctx, op); err != nil {
+		return "", err
+	}
+	v, err := dest.Put(ctx, op.DestBucket, op.DestKey, replicaMeta(rule, op, obj), buf)
+	if err != nil {
+		return "", fmt.Errorf("put %s/%s: %w", op.DestBucket, op.DestKey, err)
+	}
+	return v, nil
+}
+
+// learnSize records a size that the event did not carry, keeping the
+// bytes-pending gauge consistent.
+func (e *Engine) learnSize(op *Op, size int64) {
+	if op.Size == size {
+		return
+	}
+	if op.Size > 0 {
+		e.m.bytesPending.WithLabelValues(op.Rule).Sub(float64(op.Size))
+	}
+	op.Size = size
+	if size > 0 {
+		e.m.bytesPending.WithLabelValues(op.Rule).Add(float64(size))
+	}
+}
+
+func (e *Engine) readTags(ctx context.Context, op *Op, obj *Object) error {
+	if obj.TagCount == 0 {
+		return nil
+	}
+	tags, err := e.cfg.Source.Tags(ctx, op.Bucket, op.Key, op.VersionID)
+	if err != nil {
+		return fmt.Errorf("get tags of %s: %w", op, err)
+	}
+	obj.Tags = tags
+	return nil
+}
+
+// startWrite durably marks that a write to the destination may happen, so
+// that after a crash the copier looks for the replica before writing again.
+func (e *Engine) startWrite(ctx context.Context, op *Op) error {
+	if !op.WriteStarted.IsZero() && op.State == InFlight {
+		return nil
+	}
+	op.State = InFlight
+	if op.WriteStarted.IsZero() {
+		op.WriteStarted = time.Now()
+	}
+	if err := e.cfg.State.Save(ctx, op); err != nil {
+		return fmt.Errorf("record write start: %w", err)
+	}
+	return nil
+}
+
+// replicaMeta is what the replica carries: the source's headers, user
+// metadata and tags, plus the source's version id and ETag.
+func replicaMeta(rule *Rule, op *Op, obj *Object) ObjectMeta {
+	m := obj.ObjectMeta
+	m.Metadata = maps.Clone(obj.Metadata)
+	if m.Metadata == nil {
+		m.Metadata = map[string]string{}
+	}
+	v := op.VersionID
+	if v == "" {
+		v = "null"
+	}
+	m.Metadata[MetaSourceVersion] = v
+	if obj.ETag != "" {
+		m.Metadata[MetaSourceETag] = obj.ETag
+	}
+	m.StorageClass = rule.StorageClass
+	return m
+}
+
+// PartSizeFor returns the part size for an object: the configured size,
+// grown so that the object fits in S3's 10,000 parts.
+func PartSizeFor(size, configured int64) int64 {
+	ps := max(configured, minPartSize)
+	if need := (size + maxParts - 1) / maxParts; need > ps {
+		const mib = 1 << 20
+		ps = (need + mib - 1) / mib * mib
+	}
+	return min(ps, maxPartSize)
+}
+
+func (e *Engine) copyMultipart(ctx context.Context, rule *Rule, dest Destination, op *Op) (string, error) {
+	// A one-byte ranged GET gives the headers, metadata and total size.
+	head, err := e.cfg.Source.Get(ctx, op.Bucket, op.Key, op.VersionID, &ByteRange{0, 0})
+	if err != nil {
+		return "", fmt.Errorf("get %s: %w", op, err)
+	}
+	_, _ = io.Copy(io.Discard, head.Body)
+	head.Body.Close()
+	e.learnSize(op, head.Size)
+	if err := e.readTags(ctx, op, head); err != nil {
+		return "", err
+	}
+	up, err := e.resumeUpload(ctx, dest, op, head)
+	if err != nil {
+		return "", err
+	}
+	if up == nil {
+		id, err := dest.CreateMultipart(ctx, op.DestBucket, op.DestKey, replicaMeta(rule, op, head))
+		if err != nil {
+			return "", fmt.Errorf("create multipart upload for %s/%s: %w", op.DestBucket, op.DestKey, err)
+		}
+		up = &Upload{UploadID: id, PartSize: PartSizeFor(head.Size, e.cfg.PartSize), Size: head.Size, ETag: head.ETag}
+		if err := e.cfg.State.SaveUpload(op.ID(), up); err != nil {
+			_ = dest.AbortMultipart(context.WithoutCancel(ctx), op.DestBucket, op.DestKey, id)
+			return "", fmt.Errorf("record upload: %w", err)
+		}
+	}
+	if err := e.uploadParts(ctx, dest, op, up); err != nil {
+		if c, _ := Classify(err); c != Transient && ctx.Err() == nil {
+			// It will not be resumed: do not leave the parts behind.
+			e.abandon(ctx, dest, op, up)
+		}
+		return "", err
+	}
+	if err := e.startWrite(ctx, op); err != nil {
+		return "", err
+	}
+	parts := slices.Clone(up.Parts)
+	slices.SortFunc(parts, func(a, b Part) int { return int(a.Number - b.Number) })
+	v, err := dest.CompleteMultipart(ctx, op.DestBucket, op.DestKey, up.UploadID, parts)
+	if err != nil {
+		if c, _ := Classify(err); c != Transient {
+			e.abandon(ctx, dest, op, up)
+		}
+		return "", fmt.Errorf("complete multipart upload of %s/%s: %w", op.DestBucket, op.DestKey, err)
+	}
+	if err := e.cfg.State.DeleteUpload(op.ID()); err != nil {
+		e.log.Warn("cannot forget finished upload", "err", err)
+	}
+	return v, nil
+}
+
+// resumeUpload returns the upload recorded for op, reconciled with the
+// destination's list of parts, or nil when there is none to resume.
+func (e *Engine) resumeUpload(ctx context.Context, dest Destination, op *Op, head *Object) (*Upload, error) {
+	up, err := e.cfg.State.LoadUpload(op.ID())
+	if err != nil || up == nil {
+		return nil, err
+	}
+	if up.Size != head.Size || (up.ETag != "" && head.ETag != "" && up.ETag != head.ETag) {
+		e.abandon(ctx, dest, op, up)
+		return nil, nil
+	}
+	listed, err := dest.ListParts(ctx, op.DestBucket, op.DestKey, up.UploadID)
+	if err != nil {
+		if c, _ := Classify(err); c != Transient {
+			// The upload is gone (aborted or expired): start over.
+			_ = e.cfg.State.DeleteUpload(op.ID())
+			return nil, nil
+		}
+		return nil, fmt.Errorf("list parts of upload %s: %w", up.UploadID, err)
+	}
+	have := map[int32]string{}
+	for _, p := range listed {
+		have[p.Number] = p.ETag
+	}
+	kept := up.Parts[:0]
+	for _, p := range up.Parts {
+		if etag, ok := have[p.Number]; ok && etag == p.ETag {
+			kept = append(kept, p)
+		}
+	}
+	up.Parts = kept
+	e.log.Info("resuming multipart copy", "key", op.Key, "version", op.VersionID, "parts_done", len(kept))
+	return up, nil
+}
+
+func (e *Engine) abandon(ctx context.Context, dest Destination, op *Op, up *Upload) {
+	if err := dest.AbortMultipart(context.WithoutCancel(ctx), op.DestBucket, op.DestKey, up.UploadID); err != nil {
+		e.log.Warn("abort multipart upload failed", "upload", up.UploadID, "err", err)
+	}
+	_ = e.cfg.State.DeleteUpload(op.ID())
+}
+
+func (e *Engine) uploadParts(ctx context.Context, dest Destination, op *Op, up *Upload) error {
+	done := map[int32]bool{}
+	for _, p := range up.Parts {
+		done[p.Number] = true
+	}
+	nparts := int32((up.Size + up.PartSize - 1) / up.PartSize)
+	if nparts == 0 {
+		nparts = 1
+	}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(e.cfg.PartConcurrency)
+	for n := int32(1); n <= nparts; n++ {
+		if done[n] {
+			continue
+		}
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error {
+			first := int64(n-1) * up.PartSize
+			last := min(first+up.PartSize, up.Size) - 1
+			size := last - first + 1
+			buf := e.buffers.get(size)
+			defer e.buffers.put(buf)
+			if size > 0 {
+				obj, err := e.cfg.Source.Get(gctx, op.Bucket, op.Key, op.VersionID, &ByteRange{first, last})
+				if err != nil {
+					return fmt.Errorf("get part %d of %s: %w", n, op, err)
+				}
+				got, err := io.ReadFull(obj.Body, buf)
+				obj.Body.Close()
+				e.m.sourceBytes.Add(float64(got))
+				if err != nil {
+					return fmt.Errorf("read part %d of %s: got %d of %d bytes: %w", n, op, got, size, err)
+				}
+			}
+			etag, err := dest.UploadPart(gctx, op.DestBucket, op.DestKey, up.UploadID, n, buf)
+			if err != nil {
+				return fmt.Errorf("upload part %d of %s/%s: %w", n, op.DestBucket, op.DestKey, err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			up.Parts = append(up.Parts, Part{Number: n, ETag: etag, Size: size})
+			snapshot := *up
+			snapshot.Parts = slices.Clone(up.Parts)
+			if err := e.cfg.State.SaveUpload(op.ID(), &snapshot); err != nil {
+				return fmt.Errorf("record part %d: %w", n, err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if len(up.Parts) != int(nparts) {
+		return errors.New("multipart copy incomplete")
+	}
+	return nil
+}
+
+// bufferPool recycles copy buffers so that memory stays at what is in
+// flight, whatever the object sizes.
+type bufferPool struct{ p sync.Pool }
+
+func newBufferPool() *bufferPool { return &bufferPool{} }
+
+func (b *bufferPool) get(n int64) []byte {
+	if v, ok := b.p.Get().(*[]byte); ok && int64(cap(*v)) >= n {
+		return (*v)[:n]
+	}
+	return make([]byte, n)
+}
+
+func (b *bufferPool) put(buf []byte) {
+	if cap(buf) == 0 {
+		return
+	}
+	b.p.Put(&buf)
+}

@@ -1,0 +1,506 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/s3replicad/s3replicad/engine/event"
+)
+
+// Config is everything an Engine needs; the caller builds the adapters.
+type Config struct {
+	Rules        []Rule
+	Source       Source
+	Destinations map[string]Destination
+	State        StateStore
+	Queue        Queue // nil: no intake (backfill-only runs)
+
+	Workers            int
+	Pollers            int
+	PartSize           int64
+	PartConcurrency    int
+	MultipartThreshold int64
+	VisibilityTimeout  time.Duration
+	// DrainTimeout bounds how long copies already running may go on after
+	// the context ends (graceful shutdown); 0 stops them at once.
+	DrainTimeout time.Duration
+	// BackoffMin and BackoffMax bound the retry delay of transient failures.
+	BackoffMin, BackoffMax time.Duration
+
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+}
+
+// Engine replicates. Construct with New, start with Run, which returns when
+// its context ends and in-flight work has been finished or checkpointed.
+type Engine struct {
+	cfg     Config
+	rules   Rules
+	log     *slog.Logger
+	m       *metrics
+	sched   *scheduler
+	buffers *bufferPool
+
+	ready      atomic.Bool
+	loaded     chan struct{}
+	mu         sync.Mutex
+	lastPollOK time.Time
+}
+
+// New validates cfg and builds an Engine.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Source == nil || cfg.State == nil {
+		return nil, errors.New("engine: source and state are required")
+	}
+	for _, r := range cfg.Rules {
+		if _, ok := cfg.Destinations[r.Destination]; !ok {
+			return nil, fmt.Errorf("engine: rule %q: no destination %q", r.ID, r.Destination)
+		}
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 16
+	}
+	if cfg.Pollers <= 0 {
+		cfg.Pollers = 2
+	}
+	if cfg.PartSize <= 0 {
+		cfg.PartSize = 16 << 20
+	}
+	if cfg.PartConcurrency <= 0 {
+		cfg.PartConcurrency = 8
+	}
+	if cfg.MultipartThreshold <= 0 {
+		cfg.MultipartThreshold = 32 << 20
+	}
+	if cfg.VisibilityTimeout <= 0 {
+		cfg.VisibilityTimeout = 5 * time.Minute
+	}
+	if cfg.BackoffMin <= 0 {
+		cfg.BackoffMin = time.Second
+	}
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = 5 * time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
+	e := &Engine{
+		cfg:    cfg,
+		rules:  NewRules(cfg.Rules),
+		log:    cfg.Logger,
+		sched:  newScheduler(),
+		loaded: make(chan struct{}),
+	}
+	e.buffers = newBufferPool()
+	e.m = newMetrics(cfg.Registerer, e.rules, func() float64 {
+		if t, ok := e.sched.Oldest(); ok {
+			return time.Since(t).Seconds()
+		}
+		return 0
+	})
+	return e, nil
+}
+
+// Ready reports whether the engine has loaded its backlog and, when it has
+// a queue, received from it successfully in the last few wait periods.
+func (e *Engine) Ready() bool { return e.ready.Load() }
+
+// Run loads unfinished work from the state file, then receives and
+// replicates until ctx ends.
+func (e *Engine) Run(ctx context.Context) error {
+	defer e.sched.Close()
+	if err := e.load(); err != nil {
+		return err
+	}
+	close(e.loaded)
+	// Copies that are running when ctx ends get DrainTimeout to finish.
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	stop := context.AfterFunc(ctx, func() {
+		if e.cfg.DrainTimeout <= 0 {
+			cancelWork()
+			return
+		}
+		time.AfterFunc(e.cfg.DrainTimeout, cancelWork)
+	})
+	defer stop()
+
+	g, gctx := errgroup.WithContext(ctx)
+	for i := 0; i < e.cfg.Workers; i++ {
+		g.Go(func() error { e.work(gctx, workCtx); return nil })
+	}
+	if e.cfg.Queue != nil {
+		for i := 0; i < e.cfg.Pollers; i++ {
+			g.Go(func() error { return e.poll(gctx) })
+		}
+	} else {
+		e.ready.Store(true)
+	}
+	err := g.Wait()
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// load puts the unfinished ops of the state file back in the scheduler.
+func (e *Engine) load() error {
+	var ops []*Op
+	err := e.cfg.State.Unfinished(func(op *Op) error {
+		ops = append(ops, op)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("load backlog: %w", err)
+	}
+	for _, op := range ops {
+		e.m.track(op, 1)
+	}
+	e.sched.Add(ops...)
+	if len(ops) > 0 {
+		e.log.Info("resuming backlog from state file", "operations", len(ops))
+	}
+	return nil
+}
+
+// Submit records ops durably and schedules the new ones (backfill uses it).
+func (e *Engine) Submit(ctx context.Context, ops []*Op) (int, error) {
+	added, err := e.cfg.State.Record(ctx, ops)
+	if err != nil {
+		return 0, err
+	}
+	e.schedule(added)
+	return len(added), nil
+}
+
+func (e *Engine) schedule(ops []*Op) {
+	var live []*Op
+	for _, op := range ops {
+		switch op.State {
+		case Pending, InFlight:
+			e.m.track(op, 1)
+			live = append(live, op)
+		case Skipped:
+			e.m.skipped.WithLabelValues(op.Rule).Inc()
+		}
+	}
+	e.sched.Add(live...)
+}
+
+// Retry puts failed ops back to pending (all when keys is empty).
+func (e *Engine) Retry(keys []string) (int, error) {
+	<-e.loaded
+	ops, err := e.cfg.State.Retry(keys)
+	if err != nil {
+		return 0, err
+	}
+	e.schedule(ops)
+	return len(ops), nil
+}
+
+// Backlog is the number of unfinished ops the engine holds.
+func (e *Engine) Backlog() int { return e.sched.Len() }
+
+func (e *Engine) poll(ctx context.Context) error {
+	failures := 0
+	for ctx.Err() == nil {
+		msgs, err := e.cfg.Queue.Receive(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			failures++
+			e.m.queueErrors.Inc()
+			if failures >= 3 {
+				e.ready.Store(false)
+			}
+			e.log.Warn("receive from queue failed", "err", err, "attempt", failures)
+			if !sleep(ctx, backoff(failures, time.Second, 30*time.Second)) {
+				return nil
+			}
+			continue
+		}
+		failures = 0
+		e.ready.Store(true)
+		if len(msgs) == 0 {
+			continue
+		}
+		e.handle(ctx, msgs)
+	}
+	return nil
+}
+
+// handle decodes a batch, records what it asks for and deletes the messages
+// whose work is durable. Messages that fail are left for redelivery.
+func (e *Engine) handle(ctx context.Context, msgs []Message) {
+	// Keep the messages invisible while this batch is being recorded (tag
+	// look-ups and a slow disk can take a while).
+	hbCtx, stopHB := context.WithCancel(ctx)
+	defer stopHB()
+	go e.heartbeat(hbCtx, msgs)
+
+	var (
+		ack []Message
+		ops []*Op
+	)
+	for _, msg := range msgs {
+		recs, err := event.Decode(msg.Body)
+		if err != nil {
+			e.m.events.WithLabelValues("malformed").Inc()
+			e.log.Warn("malformed message left for the queue's redrive policy",
+				"message_id", msg.ID, "receive_count", msg.ReceiveCount, "err", err)
+			continue
+		}
+		msgOps, err := e.opsFor(ctx, recs)
+		if err != nil {
+			e.log.Warn("message will be retried", "message_id", msg.ID, "err", err)
+			continue
+		}
+		ops = append(ops, msgOps...)
+		ack = append(ack, msg)
+	}
+	if len(ops) > 0 {
+		added, err := e.cfg.State.Record(ctx, ops)
+		if err != nil {
+			e.log.Error("cannot record operations; messages will be redelivered", "err", err)
+			return
+		}
+		e.schedule(added)
+	}
+	if len(ack) == 0 {
+		return
+	}
+	if err := e.cfg.Queue.Delete(ctx, ack); err != nil {
+		// Harmless: the ops are recorded, a redelivery is a duplicate.
+		e.m.queueErrors.Inc()
+		e.log.Warn("delete messages failed; they will come again as duplicates", "err", err)
+	}
+}
+
+func (e *Engine) heartbeat(ctx context.Context, msgs []Message) {
+	every := e.cfg.VisibilityTimeout / 2
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := e.cfg.Queue.ExtendVisibility(ctx, msgs, e.cfg.VisibilityTimeout); err != nil && ctx.Err() == nil {
+				e.m.queueErrors.Inc()
+				e.log.Warn("extend message visibility failed", "err", err)
+			}
+		}
+	}
+}
+
+// opsFor turns the records of one message into ops. An error means the
+// message should be tried again later (a transient tag look-up failure).
+func (e *Engine) opsFor(ctx context.Context, recs []event.Record) ([]*Op, error) {
+	var ops []*Op
+	now := time.Now()
+	for _, rec := range recs {
+		e.m.events.WithLabelValues(rec.Kind.MetricKind()).Inc()
+		cands := e.rules.Candidates(rec.Bucket, rec.Key)
+		if len(cands) == 0 {
+			continue
+		}
+		switch rec.Kind {
+		case event.VersionDeleted:
+			for _, r := range cands {
+				e.m.deletes.WithLabelValues(r.ID).Inc()
+			}
+			e.log.Info("version delete not propagated", "bucket", rec.Bucket, "key", rec.Key, "version", rec.VersionID)
+			continue
+		case event.DeleteMarker:
+			// Tags of a delete marker cannot be read; like S3, rules that
+			// filter on tags do not replicate delete markers.
+			sel, _ := Select(cands, func() (map[string]string, error) { return nil, nil })
+			for _, r := range sel {
+				if !r.ReplicateDeleteMarkers || r.NeedsTags() {
+					e.m.deletes.WithLabelValues(r.ID).Inc()
+					continue
+				}
+				ops = append(ops, newOp(r, rec, ActionDeleteMarker, OriginEvent, now))
+			}
+			continue
+		case event.Created:
+		default:
+			continue
+		}
+		gone := false
+		sel, err := Select(cands, func() (map[string]string, error) {
+			tags, err := e.cfg.Source.Tags(ctx, rec.Bucket, rec.Key, rec.VersionID)
+			if err != nil {
+				if c, _ := Classify(err); c == Gone {
+					gone = true
+					return nil, nil
+				}
+				return nil, fmt.Errorf("read tags of %s@%s: %w", rec.Key, rec.VersionID, err)
+			}
+			return tags, nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		if gone {
+			// Which rule would have taken it cannot be known; record it
+			// under the first candidate so that status shows it.
+			op := newOp(cands[0], rec, ActionCopy, OriginEvent, now)
+			op.State, op.Reason, op.Finished = Skipped, "source version no longer exists", now
+			ops = append(ops, op)
+			continue
+		}
+		for _, r := range sel {
+			ops = append(ops, newOp(r, rec, ActionCopy, OriginEvent, now))
+		}
+	}
+	return ops, nil
+}
+
+func newOp(r *Rule, rec event.Record, a Action, origin Origin, now time.Time) *Op {
+	return &Op{
+		Rule: r.ID, Bucket: rec.Bucket, Key: rec.Key, VersionID: rec.VersionID,
+		Sequencer: rec.Sequencer, ETag: rec.ETag, Size: rec.Size, Action: a, Origin: origin,
+		Dest: r.Destination, DestBucket: r.DestinationBucket, DestKey: r.DestKey(rec.Key),
+		EventTime: rec.Time, Recorded: now, State: Pending,
+	}
+}
+
+// work runs ops until ctx ends; copies use workCtx, which outlives ctx by
+// the drain timeout.
+func (e *Engine) work(ctx, workCtx context.Context) {
+	for {
+		op, err := e.sched.Next(ctx)
+		if err != nil {
+			return
+		}
+		e.runOp(workCtx, op)
+	}
+}
+
+func (e *Engine) runOp(ctx context.Context, op *Op) {
+	log := e.log.With("rule", op.Rule, "bucket", op.Bucket, "key", op.Key, "version", op.VersionID)
+	rule, ok := e.rules.ByID(op.Rule)
+	dest := e.cfg.Destinations[op.Dest]
+	if !ok || dest == nil {
+		e.finish(ctx, op, Skipped, "rule or destination no longer in the configuration", nil)
+		return
+	}
+	// Never regress: a version older than what the key already holds is
+	// not written over it.
+	if op.Sequencer != "" {
+		last, ok, err := e.cfg.State.LastWritten(op.DestKeyID())
+		if err != nil {
+			e.retryLater(ctx, op, err, log)
+			return
+		}
+		if ok && last.Sequencer != "" {
+			switch c := event.CompareSequencer(op.Sequencer, last.Sequencer); {
+			case c < 0:
+				e.finish(ctx, op, Superseded, "a newer version ("+last.VersionID+") was already written", nil)
+				return
+			case c == 0 && last.VersionID == op.VersionID:
+				e.finish(ctx, op, Completed, "", nil)
+				return
+			}
+		}
+	}
+	replica, err := e.replicate(ctx, rule, dest, op)
+	if err != nil {
+		if ctx.Err() != nil {
+			// Shutting down: the op stays in flight in the state file and
+			// is reconciled with the destination on the next start.
+			e.sched.Done(op, false)
+			return
+		}
+		switch class, reason := Classify(err); class {
+		case Gone:
+			e.m.failed.WithLabelValues(op.Rule, ReasonSourceMissing).Inc()
+			e.finish(ctx, op, Skipped, "source version no longer exists: "+err.Error(), nil)
+		case Permanent:
+			e.m.failed.WithLabelValues(op.Rule, reason).Inc()
+			op.LastError = err.Error()
+			log.Error("replication failed permanently; fix the cause, then run `s3replicad retry`", "reason", reason, "err", err)
+			e.finish(ctx, op, Failed, reason, nil)
+		default:
+			e.m.failed.WithLabelValues(op.Rule, reason).Inc()
+			e.retryLater(ctx, op, err, log)
+		}
+		return
+	}
+	op.Replica = replica
+	e.finish(ctx, op, Completed, "", nil)
+}
+
+// finish records a terminal state and releases the op's key.
+func (e *Engine) finish(ctx context.Context, op *Op, s State, reason string, _ error) {
+	now := time.Now()
+	prev := op.State
+	op.State, op.Reason, op.Finished = s, reason, now
+	op.NextAttempt = time.Time{}
+	if err := e.cfg.State.Save(context.WithoutCancel(ctx), op); err != nil {
+		// Not durable: keep it pending in memory and try again; on a crash
+		// the copy is found on the destination and not written twice.
+		op.State = prev
+		e.retryLater(ctx, op, fmt.Errorf("save state: %w", err), e.log)
+		return
+	}
+	e.m.track(op, -1)
+	switch s {
+	case Completed:
+		e.m.done(op, now)
+	case Superseded:
+		e.m.superseded.WithLabelValues(op.Rule).Inc()
+		e.log.Info("version superseded, not written", "bucket", op.Bucket, "key", op.Key, "version", op.VersionID, "reason", reason)
+	case Skipped:
+		e.m.skipped.WithLabelValues(op.Rule).Inc()
+		e.log.Warn("version skipped", "bucket", op.Bucket, "key", op.Key, "version", op.VersionID, "reason", reason)
+	}
+	e.sched.Done(op, true)
+}
+
+func (e *Engine) retryLater(ctx context.Context, op *Op, err error, log *slog.Logger) {
+	op.Attempts++
+	op.State = Pending
+	op.LastError = err.Error()
+	op.NextAttempt = time.Now().Add(backoff(op.Attempts, e.cfg.BackoffMin, e.cfg.BackoffMax))
+	log.Warn("copy failed, will retry", "attempt", op.Attempts, "next", op.NextAttempt.Format(time.RFC3339), "err", err)
+	if serr := e.cfg.State.Save(context.WithoutCancel(ctx), op); serr != nil {
+		log.Error("cannot save retry state", "err", serr)
+	}
+	e.sched.Done(op, false)
+}
+
+// backoff is exponential with full jitter in its upper half.
+func backoff(attempt int, lo, hi time.Duration) time.Duration {
+	d := lo
+	for i := 1; i < attempt && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	return d/2 + rand.N(d/2+1)
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

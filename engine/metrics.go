@@ -1,0 +1,125 @@
+package engine
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the engine's Prometheus series (names fixed by the contract).
+type metrics struct {
+	events        *prometheus.CounterVec
+	replicated    *prometheus.CounterVec
+	bytes         *prometheus.CounterVec
+	pending       *prometheus.GaugeVec
+	bytesPending  *prometheus.GaugeVec
+	failed        *prometheus.CounterVec
+	latency       *prometheus.HistogramVec
+	deletes       *prometheus.CounterVec
+	superseded    *prometheus.CounterVec
+	skipped       *prometheus.CounterVec
+	sourceBytes   prometheus.Counter
+	queueErrors   prometheus.Counter
+	oldestPending prometheus.GaugeFunc
+}
+
+// EventKinds are the label values of s3replicad_events_received_total.
+var EventKinds = []string{"created", "removed", "test", "malformed", "other"}
+
+func newMetrics(reg prometheus.Registerer, rules Rules, oldest func() float64) *metrics {
+	m := &metrics{
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "s3replicad_events_received_total",
+			Help: "Event records received from the queue, by kind; a message that cannot be decoded counts once as malformed.",
+		}, []string{"kind"}),
+		replicated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "s3replicad_replicated_objects_total",
+			Help: "Object versions and delete markers written to the destination.",
+		}, []string{"rule"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "s3replicad_replicated_bytes_total",
+			Help: "Object bytes written to the destination.",
+		}, []string{"rule"}),
+		pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "s3replicad_operations_pending",
+			Help: "Operations recorded and not yet finished (pending or in flight).",
+		}, []string{"rule"}),
+		bytesPending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "s3replicad_bytes_pending",
+			Help: "Bytes of the object versions still to be copied (as far as known from events).",
+		}, []string{"rule"}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "s3replicad_operations_failed_total",
+			Help: "Failed copy attempts by reason; transient ones are retried, permanent ones become failed.",
+		}, []string{"rule", "reason"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "s3replicad_replication_latency_seconds",
+			Help:    "Time from the source event to the replica being written.",
+			Buckets: []float64{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600, 4 * 3600, 24 * 3600},
+		}, []string{"rule"}),
+		deletes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "s3replicad_deletes_not_replicated_total",
+			Help: "Version deletes (and delete markers of rules that do not replicate them) deliberately not propagated.",
+		}, []string{"rule"}),
+		superseded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "s3replicad_superseded_total",
+			Help: "Versions not written because a newer version of the key was already written.",
+		}, []string{"rule"}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "s3replicad_skipped_total",
+			Help: "Versions skipped because they no longer existed on the source when copied.",
+		}, []string{"rule"}),
+		sourceBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "s3replicad_source_bytes_read_total",
+			Help: "Object bytes read from the source.",
+		}),
+		queueErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "s3replicad_queue_errors_total",
+			Help: "Failed queue calls (receive, delete, visibility).",
+		}),
+		oldestPending: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "s3replicad_oldest_pending_seconds",
+			Help: "Age of the oldest unfinished operation, 0 when there is none.",
+		}, oldest),
+	}
+	reg.MustRegister(m.events, m.replicated, m.bytes, m.pending, m.bytesPending, m.failed, m.latency,
+		m.deletes, m.superseded, m.skipped, m.sourceBytes, m.queueErrors, m.oldestPending)
+	// Every series whose labels are known now starts at zero so that rate()
+	// and absence alerts work before the first event.
+	for _, k := range EventKinds {
+		m.events.WithLabelValues(k)
+	}
+	for _, r := range rules {
+		m.replicated.WithLabelValues(r.ID)
+		m.bytes.WithLabelValues(r.ID)
+		m.pending.WithLabelValues(r.ID)
+		m.bytesPending.WithLabelValues(r.ID)
+		m.latency.WithLabelValues(r.ID)
+		m.deletes.WithLabelValues(r.ID)
+		m.superseded.WithLabelValues(r.ID)
+		m.skipped.WithLabelValues(r.ID)
+		for _, reason := range Reasons {
+			m.failed.WithLabelValues(r.ID, reason)
+		}
+	}
+	return m
+}
+
+// track moves the pending gauges when an op enters (+1) or leaves (-1) the
+// unfinished set.
+func (m *metrics) track(op *Op, delta float64) {
+	m.pending.WithLabelValues(op.Rule).Add(delta)
+	if op.Size > 0 {
+		m.bytesPending.WithLabelValues(op.Rule).Add(delta * float64(op.Size))
+	}
+}
+
+func (m *metrics) done(op *Op, now time.Time) {
+	m.replicated.WithLabelValues(op.Rule).Inc()
+	if op.Size > 0 {
+		m.bytes.WithLabelValues(op.Rule).Add(float64(op.Size))
+	}
+	if !op.EventTime.IsZero() && op.Origin == OriginEvent {
+		m.latency.WithLabelValues(op.Rule).Observe(now.Sub(op.EventTime).Seconds())
+	}
+}

@@ -1,0 +1,513 @@
+// Package s3store adapts an S3 (or S3-compatible) endpoint to the engine's
+// Source and Destination interfaces, and classifies the endpoint's errors
+// as transient, permanent or gone at this boundary.
+package s3store
+
+import (
+	"bytes"
+	"context"
+	"crypto/md5"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/s3replicad/s3replicad/engine"
+)
+
+// Checksum modes for requests and responses.
+const (
+	ChecksumAuto          = ""               // when_required for custom endpoints, SDK default on AWS
+	ChecksumWhenRequired  = "when_required"  // what most S3-compatible stores accept
+	ChecksumWhenSupported = "when_supported" // the SDK's default on AWS
+)
+
+// Config describes one endpoint.
+type Config struct {
+	Endpoint        string // empty: AWS
+	Region          string
+	PathStyle       bool
+	AccessKeyID     string // empty: the default credential chain
+	SecretAccessKey string
+	SessionToken    string
+	CAFile          string
+	Checksums       string
+	// MaxConns bounds idle connections kept per host.
+	MaxConns int
+}
+
+// Store is one S3 endpoint.
+type Store struct {
+	client *s3.Client
+}
+
+var _ engine.ObjectStore = (*Store)(nil)
+
+// HTTPClient builds the HTTP client for an endpoint: pooled connections
+// sized for many parallel copies, and the private CA when one is given.
+func HTTPClient(caFile string, maxConns int) (*awshttp.BuildableClient, error) {
+	var pool *x509.CertPool
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("read ca_file: %w", err)
+		}
+		pool = x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca_file %s holds no PEM certificate", caFile)
+		}
+	}
+	if maxConns <= 0 {
+		maxConns = 256
+	}
+	return awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
+		tr.MaxIdleConns = maxConns
+		tr.MaxIdleConnsPerHost = maxConns
+		tr.IdleConnTimeout = 90 * time.Second
+		if pool != nil {
+			if tr.TLSClientConfig == nil {
+				tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+			}
+			tr.TLSClientConfig.RootCAs = pool
+		}
+	}), nil
+}
+
+// AWSConfig loads the SDK configuration for region and optional static
+// credentials (the default chain otherwise).
+func AWSConfig(ctx context.Context, region, key, secret, token string) (aws.Config, error) {
+	opts := []func(*config.LoadOptions) error{config.WithRegion(region)}
+	if key != "" {
+		opts = append(opts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(key, secret, token)))
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return aws.Config{}, fmt.Errorf("load AWS configuration: %w", err)
+	}
+	return cfg, nil
+}
+
+// New builds a Store.
+func New(ctx context.Context, c Config) (*Store, error) {
+	if c.Region == "" {
+		c.Region = "us-east-1"
+	}
+	awsCfg, err := AWSConfig(ctx, c.Region, c.AccessKeyID, c.SecretAccessKey, c.SessionToken)
+	if err != nil {
+		return nil, err
+	}
+	hc, err := HTTPClient(c.CAFile, c.MaxConns)
+	if err != nil {
+		return nil, err
+	}
+	mode := c.Checksums
+	if mode == ChecksumAuto && c.Endpoint != "" {
+		mode = ChecksumWhenRequired
+	}
+	client := s3.NewFromConfig(awsCfg, func(o *s3.Options) {
+		// Set here, not through config.WithHTTPClient, so that an
+		// AWS_CA_BUNDLE in the environment does not break loading.
+		o.HTTPClient = hc
+		o.UsePathStyle = c.PathStyle
+		if c.Endpoint != "" {
+			o.BaseEndpoint = aws.String(c.Endpoint)
+		}
+		if mode == ChecksumWhenRequired {
+			o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+			o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+		}
+		o.RetryMaxAttempts = 3
+	})
+	return &Store{client: client}, nil
+}
+
+// Client exposes the SDK client (check-config and verify use it directly).
+func (s *Store) Client() *s3.Client { return s.client }
+
+// Get implements engine.Source.
+func (s *Store) Get(ctx context.Context, bucket, key, versionID string, r *engine.ByteRange) (*engine.Object, error) {
+	in := &s3.GetObjectInput{Bucket: &bucket, Key: &key, VersionId: optional(versionID)}
+	if r != nil {
+		in.Range = aws.String(fmt.Sprintf("bytes=%d-%d", r.First, r.Last))
+	}
+	out, err := s.client.GetObject(ctx, in)
+	if err != nil {
+		return nil, classify(err, true)
+	}
+	size := aws.ToInt64(out.ContentLength)
+	if r != nil {
+		total, ok := totalFromContentRange(aws.ToString(out.ContentRange))
+		if !ok {
+			out.Body.Close()
+			return nil, &engine.Error{Class: engine.Transient, Reason: engine.ReasonInvalid,
+				Err: fmt.Errorf("ranged GET answered without a usable Content-Range (%q)", aws.ToString(out.ContentRange))}
+		}
+		size = total
+	}
+	return &engine.Object{
+		ObjectMeta: engine.ObjectMeta{
+			ContentType:        aws.ToString(out.ContentType),
+			ContentEncoding:    aws.ToString(out.ContentEncoding),
+			ContentDisposition: aws.ToString(out.ContentDisposition),
+			ContentLanguage:    aws.ToString(out.ContentLanguage),
+			CacheControl:       aws.ToString(out.CacheControl),
+			Expires:            aws.ToString(out.ExpiresString),
+			Metadata:           out.Metadata,
+		},
+		Size:      size,
+		ETag:      strings.Trim(aws.ToString(out.ETag), `"`),
+		TagCount:  int(aws.ToInt32(out.TagCount)),
+		VersionID: aws.ToString(out.VersionId),
+		Body:      out.Body,
+	}, nil
+}
+
+func totalFromContentRange(cr string) (int64, bool) {
+	i := strings.LastIndexByte(cr, '/')
+	if i < 0 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(cr[i+1:], 10, 64)
+	return n, err == nil
+}
+
+// Tags implements engine.Source.
+func (s *Store) Tags(ctx context.Context, bucket, key, versionID string) (map[string]string, error) {
+	out, err := s.client.GetObjectTagging(ctx, &s3.GetObjectTaggingInput{Bucket: &bucket, Key: &key, VersionId: optional(versionID)})
+	if err != nil {
+		return nil, classify(err, true)
+	}
+	tags := make(map[string]string, len(out.TagSet))
+	for _, t := range out.TagSet {
+		tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
+	}
+	return tags, nil
+}
+
+// ListVersions implements engine.Source: one page, versions and delete
+// markers merged in S3's order (key ascending, newest first).
+func (s *Store) ListVersions(ctx context.Context, bucket, prefix, keyMarker, versionMarker string) (engine.VersionPage, error) {
+	out, err := s.client.ListObjectVersions(ctx, &s3.ListObjectVersionsInput{
+		Bucket: &bucket, Prefix: optional(prefix), KeyMarker: optional(keyMarker), VersionIdMarker: optional(versionMarker),
+		MaxKeys: aws.Int32(1000),
+	})
+	if err != nil {
+		return engine.VersionPage{}, classify(err, false)
+	}
+	page := engine.VersionPage{
+		NextKeyMarker:       aws.ToString(out.NextKeyMarker),
+		NextVersionIDMarker: aws.ToString(out.NextVersionIdMarker),
+		Truncated:           aws.ToBool(out.IsTruncated),
+	}
+	for _, v := range out.Versions {
+		page.Versions = append(page.Versions, engine.Version{
+			Key: aws.ToString(v.Key), VersionID: versionOrEmpty(v.VersionId), ETag: strings.Trim(aws.ToString(v.ETag), `"`),
+			Size: aws.ToInt64(v.Size), IsLatest: aws.ToBool(v.IsLatest), LastModified: aws.ToTime(v.LastModified),
+		})
+	}
+	for _, d := range out.DeleteMarkers {
+		page.Versions = append(page.Versions, engine.Version{
+			Key: aws.ToString(d.Key), VersionID: versionOrEmpty(d.VersionId), IsLatest: aws.ToBool(d.IsLatest),
+			DeleteMarker: true, LastModified: aws.ToTime(d.LastModified),
+		})
+	}
+	if len(out.DeleteMarkers) > 0 {
+		sort.SliceStable(page.Versions, func(i, j int) bool {
+			a, b := page.Versions[i], page.Versions[j]
+			if a.Key != b.Key {
+				return a.Key < b.Key
+			}
+			if a.IsLatest != b.IsLatest {
+				return a.IsLatest
+			}
+			return a.LastModified.After(b.LastModified)
+		})
+	}
+	return page, nil
+}
+
+func versionOrEmpty(v *string) string {
+	if s := aws.ToString(v); s != "null" {
+		return s
+	}
+	return ""
+}
+
+// Put implements engine.Destination.
+func (s *Store) Put(ctx context.Context, bucket, key string, meta engine.ObjectMeta, body []byte) (string, error) {
+	sum := md5.Sum(body)
+	in := &s3.PutObjectInput{
+		Bucket: &bucket, Key: &key,
+		Body:          bytes.NewReader(body),
+		ContentLength: aws.Int64(int64(len(body))),
+		ContentMD5:    aws.String(base64.StdEncoding.EncodeToString(sum[:])),
+	}
+	applyPut(in, meta)
+	out, err := s.client.PutObject(ctx, in)
+	if err != nil {
+		return "", classify(err, false)
+	}
+	return aws.ToString(out.VersionId), nil
+}
+
+func applyPut(in *s3.PutObjectInput, m engine.ObjectMeta) {
+	in.ContentType = optional(m.ContentType)
+	in.ContentEncoding = optional(m.ContentEncoding)
+	in.ContentDisposition = optional(m.ContentDisposition)
+	in.ContentLanguage = optional(m.ContentLanguage)
+	in.CacheControl = optional(m.CacheControl)
+	in.Expires = parseExpires(m.Expires)
+	in.Metadata = m.Metadata
+	in.Tagging = encodeTags(m.Tags)
+	if m.StorageClass != "" {
+		in.StorageClass = types.StorageClass(m.StorageClass)
+	}
+}
+
+func parseExpires(v string) *time.Time {
+	if v == "" {
+		return nil
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return nil
+	}
+	return &t
+}
+
+func encodeTags(tags map[string]string) *string {
+	if len(tags) == 0 {
+		return nil
+	}
+	q := url.Values{}
+	for k, v := range tags {
+		q.Set(k, v)
+	}
+	return aws.String(q.Encode())
+}
+
+// CreateMultipart implements engine.Destination.
+func (s *Store) CreateMultipart(ctx context.Context, bucket, key string, meta engine.ObjectMeta) (string, error) {
+	var p s3.PutObjectInput
+	applyPut(&p, meta)
+	in := &s3.CreateMultipartUploadInput{
+		Bucket: &bucket, Key: &key,
+		ContentType: p.ContentType, ContentEncoding: p.ContentEncoding, ContentDisposition: p.ContentDisposition,
+		ContentLanguage: p.ContentLanguage, CacheControl: p.CacheControl, Expires: p.Expires,
+		Metadata: p.Metadata, Tagging: p.Tagging, StorageClass: p.StorageClass,
+	}
+	out, err := s.client.CreateMultipartUpload(ctx, in)
+	if err != nil {
+		return "", classify(err, false)
+	}
+	return aws.ToString(out.UploadId), nil
+}
+
+// UploadPart implements engine.Destination; Content-MD5 makes the store
+// check the part's bytes.
+func (s *Store) UploadPart(ctx context.Context, bucket, key, uploadID string, n int32, body []byte) (string, error) {
+	sum := md5.Sum(body)
+	out, err := s.client.UploadPart(ctx, &s3.UploadPartInput{
+		Bucket: &bucket, Key: &key, UploadId: &uploadID, PartNumber: aws.Int32(n),
+		Body: bytes.NewReader(body), ContentLength: aws.Int64(int64(len(body))),
+		ContentMD5: aws.String(base64.StdEncoding.EncodeToString(sum[:])),
+	})
+	if err != nil {
+		return "", classify(err, false)
+	}
+	return strings.Trim(aws.ToString(out.ETag), `"`), nil
+}
+
+// ListParts implements engine.Destination.
+func (s *Store) ListParts(ctx context.Context, bucket, key, uploadID string) ([]engine.Part, error) {
+	var parts []engine.Part
+	p := s3.NewListPartsPaginator(s.client, &s3.ListPartsInput{Bucket: &bucket, Key: &key, UploadId: &uploadID})
+	for p.HasMorePages() {
+		out, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, classify(err, false)
+		}
+		for _, pt := range out.Parts {
+			parts = append(parts, engine.Part{Number: aws.ToInt32(pt.PartNumber), ETag: strings.Trim(aws.ToString(pt.ETag), `"`), Size: aws.ToInt64(pt.Size)})
+		}
+	}
+	return parts, nil
+}
+
+// CompleteMultipart implements engine.Destination.
+func (s *Store) CompleteMultipart(ctx context.Context, bucket, key, uploadID string, parts []engine.Part) (string, error) {
+	cp := make([]types.CompletedPart, len(parts))
+	for i, p := range parts {
+		cp[i] = types.CompletedPart{PartNumber: aws.Int32(p.Number), ETag: aws.String(`"` + p.ETag + `"`)}
+	}
+	out, err := s.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
+		Bucket: &bucket, Key: &key, UploadId: &uploadID, MultipartUpload: &types.CompletedMultipartUpload{Parts: cp},
+	})
+	if err != nil {
+		return "", classify(err, false)
+	}
+	return aws.ToString(out.VersionId), nil
+}
+
+// AbortMultipart implements engine.Destination.
+func (s *Store) AbortMultipart(ctx context.Context, bucket, key, uploadID string) error {
+	_, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &bucket, Key: &key, UploadId: &uploadID})
+	return classify(err, false)
+}
+
+// PutDeleteMarker implements engine.Destination: a DELETE without a version
+// id, which on a versioned bucket only adds a delete marker.
+func (s *Store) PutDeleteMarker(ctx context.Context, bucket, key string) (string, error) {
+	out, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &bucket, Key: &key})
+	if err != nil {
+		return "", classify(err, false)
+	}
+	return aws.ToString(out.VersionId), nil
+}
+
+// clockSlack allows for the destination's clock being behind ours.
+const clockSlack = 5 * time.Minute
+
+// FindReplica implements engine.Destination.
+func (s *Store) FindReplica(ctx context.Context, bucket, key string, a engine.Action, sourceVersion string, since time.Time) (string, bool, error) {
+	if sourceVersion == "" {
+		sourceVersion = "null"
+	}
+	after := since.Add(-clockSlack)
+	var keyMarker, versionMarker string
+	for {
+		page, err := s.ListVersions(ctx, bucket, key, keyMarker, versionMarker)
+		if err != nil {
+			return "", false, err
+		}
+		for _, v := range page.Versions {
+			if v.Key != key {
+				if v.Key > key {
+					return "", false, nil
+				}
+				continue
+			}
+			if v.LastModified.Before(after) {
+				return "", false, nil // newest first: nothing older can be ours
+			}
+			if a == engine.ActionDeleteMarker {
+				if v.DeleteMarker {
+					return v.VersionID, true, nil
+				}
+				continue
+			}
+			if v.DeleteMarker {
+				continue
+			}
+			head, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &bucket, Key: &key, VersionId: optional(v.VersionID)})
+			if err != nil {
+				return "", false, classify(err, false)
+			}
+			if head.Metadata[engine.MetaSourceVersion] == sourceVersion {
+				return v.VersionID, true, nil
+			}
+		}
+		if !page.Truncated {
+			return "", false, nil
+		}
+		keyMarker, versionMarker = page.NextKeyMarker, page.NextVersionIDMarker
+	}
+}
+
+// Versioning returns the bucket's versioning status ("Enabled",
+// "Suspended" or "" for never enabled).
+func (s *Store) Versioning(ctx context.Context, bucket string) (string, error) {
+	out, err := s.client.GetBucketVersioning(ctx, &s3.GetBucketVersioningInput{Bucket: &bucket})
+	if err != nil {
+		return "", classify(err, false)
+	}
+	return string(out.Status), nil
+}
+
+// Head returns a version's size, ETag and user metadata (verify uses it).
+func (s *Store) Head(ctx context.Context, bucket, key, versionID string) (int64, string, map[string]string, error) {
+	out, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &bucket, Key: &key, VersionId: optional(versionID)})
+	if err != nil {
+		return 0, "", nil, classify(err, true)
+	}
+	return aws.ToInt64(out.ContentLength), strings.Trim(aws.ToString(out.ETag), `"`), out.Metadata, nil
+}
+
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// classify maps an SDK error to an engine.Error. source says whether a
+// missing key or version means the source version is gone.
+func classify(err error, source bool) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	code, status := "", 0
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		code = ae.ErrorCode()
+	}
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) {
+		status = re.HTTPStatusCode()
+	}
+	class, reason := engine.Permanent, engine.ReasonInvalid
+	switch {
+	case source && (code == "NoSuchKey" || code == "NoSuchVersion" || status == http.StatusNotFound && code != "NoSuchBucket"):
+		class, reason = engine.Gone, engine.ReasonSourceMissing
+	case source && status == http.StatusMethodNotAllowed:
+		// GET of a version that is a delete marker.
+		class, reason = engine.Gone, engine.ReasonSourceMissing
+	case code == "NoSuchBucket":
+		reason = engine.ReasonNoSuchBucket
+	case code == "AccessDenied" || code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch" ||
+		code == "AllAccessDisabled" || code == "AccountProblem" || status == http.StatusForbidden || status == http.StatusUnauthorized:
+		reason = engine.ReasonAccessDenied
+	case code == "SlowDown" || code == "Throttling" || code == "ThrottlingException" || code == "RequestLimitExceeded" ||
+		status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable:
+		class, reason = engine.Transient, engine.ReasonThrottled
+	case code == "RequestTimeout" || code == "RequestTimeTooSkewed" || status == http.StatusRequestTimeout:
+		class, reason = engine.Transient, engine.ReasonNetwork
+	case code == "BadDigest" || code == "InvalidDigest" || code == "IncompleteBody":
+		class, reason = engine.Transient, engine.ReasonIntegrity
+	case code == "NoSuchUpload":
+		reason = engine.ReasonInvalid
+	case status >= 500:
+		class, reason = engine.Transient, engine.ReasonServerError
+	case status >= 400:
+		// other 4xx: the request itself is wrong and will stay wrong
+	case isNetwork(err) || status == 0:
+		class, reason = engine.Transient, engine.ReasonNetwork
+	}
+	return &engine.Error{Class: class, Reason: reason, Err: err}
+}
+
+func isNetwork(err error) bool {
+	var ne net.Error
+	var oe *net.OpError
+	return errors.As(err, &ne) || errors.As(err, &oe)
+}

@@ -1,0 +1,300 @@
+// Package engine is the replication domain: it turns change notifications
+// into durable operations, schedules them per destination key in sequencer
+// order, and copies object versions between stores. It talks to the outside
+// world only through the interfaces declared here; adapters live beneath it.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// State is where an operation is in its life.
+type State string
+
+const (
+	Pending    State = "pending"
+	InFlight   State = "in_flight"
+	Completed  State = "completed"
+	Failed     State = "failed"
+	Skipped    State = "skipped"
+	Superseded State = "superseded"
+)
+
+// States lists every state in the order status reports them.
+var States = []State{Pending, InFlight, Completed, Failed, Skipped, Superseded}
+
+// Terminal reports whether no more work will be done on an operation in
+// this state (failed ones come back only through retry).
+func (s State) Terminal() bool {
+	return s == Completed || s == Skipped || s == Superseded || s == Failed
+}
+
+// Action is what an operation writes on the destination.
+type Action string
+
+const (
+	ActionCopy         Action = "copy"
+	ActionDeleteMarker Action = "delete-marker"
+)
+
+// Origin says where an operation came from; live events go before backfill.
+type Origin string
+
+const (
+	OriginEvent    Origin = "event"
+	OriginBackfill Origin = "backfill"
+)
+
+// Op is one source version to be written to one destination. It is the unit
+// that is recorded in the state file before its queue message is deleted.
+type Op struct {
+	Rule       string `json:"rule"`
+	Bucket     string `json:"bucket"`
+	Key        string `json:"key"`
+	VersionID  string `json:"version_id"`
+	Sequencer  string `json:"sequencer,omitempty"`
+	ETag       string `json:"etag,omitempty"`
+	Size       int64  `json:"size"` // -1 when not known yet
+	Action     Action `json:"action"`
+	Origin     Origin `json:"origin"`
+	Dest       string `json:"dest"`
+	DestBucket string `json:"dest_bucket"`
+	DestKey    string `json:"dest_key"`
+
+	EventTime time.Time `json:"event_time,omitempty"`
+	Recorded  time.Time `json:"recorded"`
+
+	State       State     `json:"state"`
+	Attempts    int       `json:"attempts,omitempty"`
+	NextAttempt time.Time `json:"next_attempt,omitempty"`
+	// WriteStarted is set (and persisted) before the first write to the
+	// destination: an op that has it may already have a replica there, so
+	// the copier looks for one before writing again.
+	WriteStarted time.Time `json:"write_started,omitempty"`
+	Reason       string    `json:"reason,omitempty"`
+	LastError    string    `json:"last_error,omitempty"`
+	Replica      string    `json:"replica_version_id,omitempty"`
+	Finished     time.Time `json:"finished,omitempty"`
+}
+
+// ID identifies an op: one per rule and source version.
+func (o *Op) ID() string { return OpID(o.Rule, o.Bucket, o.Key, o.VersionID) }
+
+// OpID builds the identifier of the op for a rule and a source version.
+func OpID(rule, bucket, key, version string) string {
+	return rule + "\x00" + bucket + "\x00" + version + "\x00" + key
+}
+
+// DestKeyID identifies the destination key an op writes: ordering and
+// "never regress" are enforced per destination key.
+func (o *Op) DestKeyID() string { return o.Dest + "\x00" + o.DestBucket + "\x00" + o.DestKey }
+
+// Since is the time the op's age counts from.
+func (o *Op) Since() time.Time {
+	if !o.EventTime.IsZero() {
+		return o.EventTime
+	}
+	return o.Recorded
+}
+
+func (o *Op) String() string {
+	v := o.VersionID
+	if v == "" {
+		v = "null"
+	}
+	return fmt.Sprintf("%s/%s@%s", o.Bucket, o.Key, v)
+}
+
+// KeyState is what was last written to a destination key.
+type KeyState struct {
+	Sequencer string `json:"sequencer"`
+	VersionID string `json:"version_id"`
+}
+
+// StateStore is the durable record of operations (the bbolt state file).
+type StateStore interface {
+	// Record stores the ops that are not in the store yet and returns them;
+	// ops already recorded (duplicate events) are left as they are. It
+	// returns only after the new ops are durable.
+	Record(ctx context.Context, ops []*Op) ([]*Op, error)
+	// Save durably writes an op's new state. When the op completed, the
+	// destination key's KeyState moves forward in the same transaction.
+	Save(ctx context.Context, op *Op) error
+	// LastWritten returns the KeyState of a destination key.
+	LastWritten(destKeyID string) (KeyState, bool, error)
+	// Unfinished calls fn for every op that is pending or in flight.
+	Unfinished(fn func(*Op) error) error
+	// Retry puts failed ops (all, or those of the given source keys) back
+	// to pending and returns them.
+	Retry(keys []string) ([]*Op, error)
+	// Upload state of resumable multipart copies.
+	LoadUpload(opID string) (*Upload, error)
+	SaveUpload(opID string, u *Upload) error
+	DeleteUpload(opID string) error
+}
+
+// Upload is a multipart upload the copier created, with the parts it has
+// finished, so that a copy interrupted by a crash resumes where it stopped.
+type Upload struct {
+	UploadID string `json:"upload_id"`
+	PartSize int64  `json:"part_size"`
+	Size     int64  `json:"size"`
+	ETag     string `json:"source_etag"`
+	Parts    []Part `json:"parts"`
+}
+
+// Part is one finished part of a multipart upload.
+type Part struct {
+	Number int32  `json:"n"`
+	ETag   string `json:"etag"`
+	Size   int64  `json:"size"`
+}
+
+// Message is one message received from the queue.
+type Message struct {
+	ID           string
+	Body         []byte
+	ReceiveCount int
+	Handle       string
+}
+
+// Queue is where change notifications arrive.
+type Queue interface {
+	Receive(ctx context.Context) ([]Message, error)
+	Delete(ctx context.Context, msgs []Message) error
+	ExtendVisibility(ctx context.Context, msgs []Message, d time.Duration) error
+}
+
+// ObjectMeta is what travels with an object version besides its bytes.
+type ObjectMeta struct {
+	ContentType        string
+	ContentEncoding    string
+	ContentDisposition string
+	ContentLanguage    string
+	CacheControl       string
+	Expires            string // as sent by the source (an HTTP date)
+	Metadata           map[string]string
+	Tags               map[string]string
+	StorageClass       string
+}
+
+// Object is a source version being read.
+type Object struct {
+	ObjectMeta
+	Size      int64 // whole object size
+	ETag      string
+	TagCount  int
+	VersionID string
+	Body      io.ReadCloser
+}
+
+// ByteRange is an inclusive range of bytes.
+type ByteRange struct{ First, Last int64 }
+
+// Version is one entry of a version listing.
+type Version struct {
+	Key          string
+	VersionID    string
+	ETag         string
+	Size         int64
+	IsLatest     bool
+	DeleteMarker bool
+	LastModified time.Time
+}
+
+// VersionPage is one page of a version listing.
+type VersionPage struct {
+	Versions            []Version
+	NextKeyMarker       string
+	NextVersionIDMarker string
+	Truncated           bool
+}
+
+// Source is the store replicated from.
+type Source interface {
+	Get(ctx context.Context, bucket, key, versionID string, r *ByteRange) (*Object, error)
+	Tags(ctx context.Context, bucket, key, versionID string) (map[string]string, error)
+	ListVersions(ctx context.Context, bucket, prefix, keyMarker, versionMarker string) (VersionPage, error)
+}
+
+// Destination is the store replicated to.
+type Destination interface {
+	Put(ctx context.Context, bucket, key string, meta ObjectMeta, body []byte) (string, error)
+	CreateMultipart(ctx context.Context, bucket, key string, meta ObjectMeta) (string, error)
+	UploadPart(ctx context.Context, bucket, key, uploadID string, n int32, body []byte) (string, error)
+	ListParts(ctx context.Context, bucket, key, uploadID string) ([]Part, error)
+	CompleteMultipart(ctx context.Context, bucket, key, uploadID string, parts []Part) (string, error)
+	AbortMultipart(ctx context.Context, bucket, key, uploadID string) error
+	PutDeleteMarker(ctx context.Context, bucket, key string) (string, error)
+	// FindReplica looks for a version of key written at or after since that
+	// replicates sourceVersion (or, for a delete marker, a delete marker).
+	FindReplica(ctx context.Context, bucket, key string, a Action, sourceVersion string, since time.Time) (string, bool, error)
+}
+
+// ObjectStore is a store that can be both ends; the S3 adapter is one.
+type ObjectStore interface {
+	Source
+	Destination
+}
+
+// Metadata keys the replicator adds to every replica. The contract allows
+// extra user metadata whose keys start with "s3replicad-".
+const (
+	MetaSourceVersion = "s3replicad-source-version-id"
+	MetaSourceETag    = "s3replicad-source-etag"
+)
+
+// Class says how an error from a store should be handled.
+type Class int
+
+const (
+	Transient Class = iota // retry with backoff
+	Permanent              // mark failed; retry puts it back
+	Gone                   // the source version no longer exists: skip
+)
+
+// Failure reasons: the fixed, documented label values of
+// s3replicad_operations_failed_total.
+const (
+	ReasonAccessDenied  = "access_denied"
+	ReasonNoSuchBucket  = "no_such_bucket"
+	ReasonSourceMissing = "source_missing"
+	ReasonInvalid       = "invalid_request"
+	ReasonThrottled     = "throttled"
+	ReasonServerError   = "server_error"
+	ReasonNetwork       = "network"
+	ReasonIntegrity     = "integrity"
+	ReasonOther         = "other"
+)
+
+// Reasons lists every failure reason.
+var Reasons = []string{ReasonAccessDenied, ReasonNoSuchBucket, ReasonSourceMissing, ReasonInvalid,
+	ReasonThrottled, ReasonServerError, ReasonNetwork, ReasonIntegrity, ReasonOther}
+
+// Error is a classified store error. Adapters return it so that the engine
+// never has to know the wire protocol.
+type Error struct {
+	Class  Class
+	Reason string
+	Err    error
+}
+
+func (e *Error) Error() string { return e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+// Classify returns the class and reason of err; unclassified errors are
+// transient, except context cancellation which the caller handles.
+func Classify(err error) (Class, string) {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Class, e.Reason
+	}
+	return Transient, ReasonOther
+}
+
+// ErrClosed is returned by Queue.Receive after Close.
+var ErrClosed = errors.New("closed")
