@@ -333,3 +333,49 @@ func putJSON(b *bolt.Bucket, key string, v any) error {
 	}
 	return b.Put([]byte(key), raw)
 }
+
+// Prune deletes finished ops (completed, skipped, superseded) that finished
+// before the given time. Failed ops stay until retried.
+func (s *Store) Prune(before time.Time) (int, error) {
+	total := 0
+	for {
+		var ids [][]byte
+		err := s.db.View(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketOps).ForEach(func(k, v []byte) error {
+				if len(ids) >= 10000 {
+					return nil
+				}
+				var op engine.Op
+				if err := json.Unmarshal(v, &op); err != nil {
+					return err
+				}
+				switch op.State {
+				case engine.Completed, engine.Skipped, engine.Superseded:
+					if !op.Finished.IsZero() && op.Finished.Before(before) {
+						ids = append(ids, slices.Clone(k))
+					}
+				}
+				return nil
+			})
+		})
+		if err != nil || len(ids) == 0 {
+			return total, err
+		}
+		err = s.db.Update(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketOps)
+			for _, id := range ids {
+				if err := b.Delete(id); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return total, err
+		}
+		total += len(ids)
+		if len(ids) < 10000 {
+			return total, nil
+		}
+	}
+}

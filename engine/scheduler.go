@@ -18,7 +18,7 @@ type scheduler struct {
 	keys    map[string]*keyQueue
 	ready   [2][]*keyQueue // [0] live, [1] backfill
 	wake    chan struct{}
-	count   int // ops held
+	count   int    // ops held
 	onReady func() // test hook
 }
 

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/aws/smithy-go"
+
+	"github.com/s3replicad/s3replicad/engine/s3store"
+	"github.com/s3replicad/s3replicad/engine/sqsqueue"
+)
+
+// cmdCheckConfig validates the file, then proves the queue and every bucket
+// are reachable with the configured credentials and versioned. One line per
+// problem on stderr; exit 2 on any.
+func cmdCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, cfgFlag := flags("check-config", stderr)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	path := configPath(*cfgFlag)
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		var ce *ConfigError
+		if errors.As(err, &ce) {
+			for _, p := range ce.Problems {
+				fmt.Fprintf(stderr, "%s: %s\n", path, p)
+			}
+			return errSilent{exitUsage}
+		}
+		return err
+	}
+	fmt.Fprintf(stdout, "ok: %s is valid (%d rules, %d destinations)\n", path, len(cfg.Rules), len(cfg.Destinations))
+	var problems []string
+	report := func(format string, a ...any) { problems = append(problems, fmt.Sprintf(format, a...)) }
+	ok := func(format string, a ...any) { fmt.Fprintf(stdout, "ok: "+format+"\n", a...) }
+
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		report("state_dir %s: cannot create: %v", cfg.StateDir, errors.Unwrap(err))
+	} else if f, err := os.CreateTemp(cfg.StateDir, ".check-*"); err != nil {
+		report("state_dir %s: not writable: %v", cfg.StateDir, errors.Unwrap(err))
+	} else {
+		f.Close()
+		os.Remove(f.Name())
+		ok("state_dir %s is writable", cfg.StateDir)
+	}
+
+	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	q, err := sqsqueue.New(cctx, cfg.Queue.queueConfig())
+	if err != nil {
+		report("queue: %v", err)
+	} else if _, err := q.Attributes(cctx); err != nil {
+		report("queue.url %s: %s", cfg.Queue.URL, brief(err))
+	} else {
+		ok("queue %s is reachable", cfg.Queue.URL)
+	}
+
+	checkBucket := func(what string, st *s3store.Store, bucket string) {
+		status, err := st.Versioning(cctx, bucket)
+		switch {
+		case err != nil:
+			report("%s bucket %s: %s", what, bucket, brief(err))
+		case status != "Enabled":
+			if status == "" {
+				status = "never enabled"
+			}
+			report("%s bucket %s: versioning is not enabled (%s); enable it before replicating", what, bucket, status)
+		default:
+			ok("%s bucket %s exists and is versioned", what, bucket)
+		}
+	}
+	src, dests, err := stores(cctx, cfg)
+	if err != nil {
+		report("%v", err)
+	} else {
+		seen := map[string]bool{}
+		for _, r := range cfg.Rules {
+			if !seen["s\x00"+r.SourceBucket] {
+				seen["s\x00"+r.SourceBucket] = true
+				checkBucket("source", src, r.SourceBucket)
+			}
+			if d := dests[r.Destination]; d != nil && !seen[r.Destination+"\x00"+r.DestinationBucket] {
+				seen[r.Destination+"\x00"+r.DestinationBucket] = true
+				checkBucket("destination "+r.Destination, d, r.DestinationBucket)
+			}
+		}
+	}
+	if _, _, err := net.SplitHostPort(cfg.Listen); err == nil {
+		if ln, err := net.Listen("tcp", cfg.Listen); err != nil {
+			// Fine when the daemon itself is listening there.
+			fmt.Fprintf(stdout, "note: listen %s is in use (by a running s3replicad?)\n", cfg.Listen)
+		} else {
+			ln.Close()
+			ok("listen %s is free", cfg.Listen)
+		}
+	}
+	for _, p := range problems {
+		fmt.Fprintln(stderr, "problem: "+p)
+	}
+	if len(problems) > 0 {
+		return errSilent{exitUsage}
+	}
+	fmt.Fprintln(stdout, "configuration and environment look good")
+	return nil
+}
+
+// brief turns an SDK error into one line that says what to fix.
+func brief(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		switch ae.ErrorCode() {
+		case "NoSuchBucket":
+			return "does not exist"
+		case "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist":
+			return "queue does not exist"
+		case "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId", "UnrecognizedClientException":
+			return "credentials were rejected (" + ae.ErrorCode() + "): check access_key_id and secret_access_key"
+		case "AccessDenied", "AccessDeniedException":
+			return "access denied: the credentials lack permission (see `s3replicad policy`)"
+		}
+		if msg := ae.ErrorMessage(); msg != "" {
+			return ae.ErrorCode() + ": " + msg
+		}
+		return ae.ErrorCode()
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		return "cannot connect: " + oe.Err.Error()
+	}
+	msg := err.Error()
+	if i := strings.LastIndex(msg, ": "); i >= 0 && len(msg) > 200 {
+		msg = msg[i+2:]
+	}
+	return msg
+}

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/s3replicad/s3replicad/checkpoint"
+	"github.com/s3replicad/s3replicad/engine"
+	"github.com/s3replicad/s3replicad/engine/s3store"
+	"github.com/s3replicad/s3replicad/engine/sqsqueue"
+	"github.com/s3replicad/s3replicad/metrics"
+)
+
+// replicator is the engine wired to its adapters and state file.
+type replicator struct {
+	cfg    *Config
+	log    *slog.Logger
+	state  *checkpoint.Store
+	source *s3store.Store
+	dests  map[string]*s3store.Store
+	engine *engine.Engine
+	reg    *prometheus.Registry
+}
+
+// stores builds the source and destination adapters.
+func stores(ctx context.Context, cfg *Config) (*s3store.Store, map[string]*s3store.Store, error) {
+	conns := cfg.Transfer.Workers*cfg.Transfer.PartConcurrency + 16
+	src, err := s3store.New(ctx, cfg.Source.storeConfig(conns))
+	if err != nil {
+		return nil, nil, fmt.Errorf("source: %w", err)
+	}
+	dests := map[string]*s3store.Store{}
+	for _, d := range cfg.Destinations {
+		st, err := s3store.New(ctx, d.storeConfig(conns))
+		if err != nil {
+			return nil, nil, fmt.Errorf("destination %s: %w", d.Name, err)
+		}
+		dests[d.Name] = st
+	}
+	return src, dests, nil
+}
+
+// openState opens the state file for writing, explaining a held lock.
+func openState(cfg *Config) (*checkpoint.Store, error) {
+	st, err := checkpoint.Open(cfg.StateDir, checkpoint.Options{Timeout: 3 * time.Second})
+	if errors.Is(err, checkpoint.ErrLocked) {
+		return nil, fmt.Errorf("%w: is `s3replicad run` already running with state_dir %s?", err, cfg.StateDir)
+	}
+	return st, err
+}
+
+func newReplicator(ctx context.Context, cfg *Config, log *slog.Logger, rules []engine.Rule, withQueue bool) (*replicator, error) {
+	src, dests, err := stores(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	st, err := openState(cfg)
+	if err != nil {
+		return nil, err
+	}
+	r := &replicator{cfg: cfg, log: log, state: st, source: src, dests: dests, reg: metrics.NewRegistry()}
+	ec := engine.Config{
+		Rules: rules, Source: src, Destinations: map[string]engine.Destination{}, State: st,
+		Workers: cfg.Transfer.Workers, Pollers: cfg.Queue.Pollers,
+		PartSize: int64(cfg.Transfer.PartSize), PartConcurrency: cfg.Transfer.PartConcurrency,
+		MultipartThreshold: int64(cfg.Transfer.MultipartThreshold),
+		VisibilityTimeout:  cfg.Queue.VisibilityTimeout.D(),
+		DrainTimeout:       max(cfg.ShutdownTimeout.D()-2*time.Second, cfg.ShutdownTimeout.D()/2),
+		Registerer:         r.reg,
+		Logger:             log.With("component", "engine"),
+	}
+	for name, d := range dests {
+		ec.Destinations[name] = d
+	}
+	if withQueue {
+		q, err := sqsqueue.New(ctx, cfg.Queue.queueConfig())
+		if err != nil {
+			st.Close()
+			return nil, fmt.Errorf("queue: %w", err)
+		}
+		ec.Queue = q
+	}
+	if r.engine, err = engine.New(ec); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, cfgFlag := flags("run", stderr)
+	cfg, log, err := loadFor(fs, cfgFlag, args, stderr)
+	if err != nil {
+		return err
+	}
+	r, err := newReplicator(ctx, cfg, log, cfg.EngineRules(), true)
+	if err != nil {
+		return err
+	}
+	defer r.state.Close()
+
+	bf := newBackfills(r)
+	srv, err := metrics.NewServer(cfg.Listen, r.reg, r.engine.Ready, adminHandler(r, bf))
+	if err != nil {
+		return err
+	}
+	log.Info("s3replicad starting", "version", version, "listen", srv.Addr(), "state", r.state.Path(),
+		"queue", cfg.Queue.URL, "rules", len(cfg.Rules), "workers", cfg.Transfer.Workers)
+
+	// A shutdown that hangs past its budget must not hang systemd.
+	stopWatchdog := context.AfterFunc(ctx, func() {
+		log.Info("shutting down: no new messages; finishing copies in flight", "timeout", cfg.ShutdownTimeout.D())
+		notifySystemd("STOPPING=1")
+		time.AfterFunc(cfg.ShutdownTimeout.D()+5*time.Second, func() {
+			log.Error("shutdown did not finish in time; exiting")
+			os.Exit(exitFailure)
+		})
+	})
+	defer stopWatchdog()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return r.engine.Run(gctx) })
+	g.Go(func() error { return srv.Run(gctx) })
+	g.Go(func() error { bf.run(gctx); return nil })
+	g.Go(func() error { r.prune(gctx); return nil })
+	notifySystemd("READY=1")
+	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	log.Info("s3replicad stopped", "backlog", r.engine.Backlog())
+	return nil
+}
+
+// prune drops finished operations older than the retention from the state
+// file, once an hour.
+func (r *replicator) prune(ctx context.Context) {
+	for {
+		n, err := r.state.Prune(time.Now().Add(-r.cfg.Retention.Finished.D()))
+		if err != nil {
+			r.log.Warn("pruning the state file failed", "err", err)
+		} else if n > 0 {
+			r.log.Info("pruned finished operations from the state file", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Hour):
+		}
+	}
+}
+
+// notifySystemd sends a state line to systemd when run as Type=notify.
+func notifySystemd(state string) {
+	sock := os.Getenv("NOTIFY_SOCKET")
+	if sock == "" {
+		return
+	}
+	if sock[0] == '@' {
+		sock = "\x00" + sock[1:]
+	}
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	_, _ = conn.Write([]byte(state))
+}

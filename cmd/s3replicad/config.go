@@ -1,0 +1,583 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/s3replicad/s3replicad/engine"
+	"github.com/s3replicad/s3replicad/engine/s3store"
+	"github.com/s3replicad/s3replicad/engine/sqsqueue"
+)
+
+// DefaultConfigPath is used when neither -config nor $S3REPLICAD_CONFIG is given.
+const DefaultConfigPath = "/etc/s3replicad/config.yaml"
+
+// Config is the configuration file.
+type Config struct {
+	StateDir        string          `yaml:"state_dir"`
+	Listen          string          `yaml:"listen"`
+	ShutdownTimeout Duration        `yaml:"shutdown_timeout"`
+	Log             LogConfig       `yaml:"log"`
+	Queue           QueueConfig     `yaml:"queue"`
+	Source          EndpointConfig  `yaml:"source"`
+	Destinations    []DestConfig    `yaml:"destinations"`
+	Rules           []RuleConfig    `yaml:"rules"`
+	Transfer        TransferConfig  `yaml:"transfer"`
+	Retention       RetentionConfig `yaml:"retention"`
+	lines           map[string]int  // key path -> line, for error messages
+	path            string          // file it was read from
+}
+
+// LogConfig configures logging.
+type LogConfig struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// QueueConfig is the SQS queue receiving the source's event notifications.
+type QueueConfig struct {
+	URL               string   `yaml:"url"`
+	Region            string   `yaml:"region"`
+	Endpoint          string   `yaml:"endpoint"`
+	AccessKeyID       string   `yaml:"access_key_id"`
+	SecretAccessKey   Secret   `yaml:"secret_access_key"`
+	CAFile            string   `yaml:"ca_file"`
+	WaitTime          Duration `yaml:"wait_time"`
+	VisibilityTimeout Duration `yaml:"visibility_timeout"`
+	Pollers           int      `yaml:"pollers"`
+}
+
+// EndpointConfig is an S3 endpoint and its credentials.
+type EndpointConfig struct {
+	Region          string `yaml:"region"`
+	Endpoint        string `yaml:"endpoint"`
+	PathStyle       bool   `yaml:"path_style"`
+	AccessKeyID     string `yaml:"access_key_id"`
+	SecretAccessKey Secret `yaml:"secret_access_key"`
+	SessionToken    Secret `yaml:"session_token"`
+	CAFile          string `yaml:"ca_file"`
+	// Checksums: "" (auto), when_required or when_supported.
+	Checksums string `yaml:"checksums"`
+}
+
+// DestConfig is a named destination endpoint.
+type DestConfig struct {
+	Name           string `yaml:"name"`
+	EndpointConfig `yaml:",inline"`
+}
+
+// RuleConfig is one replication rule.
+type RuleConfig struct {
+	ID                     string       `yaml:"id"`
+	Priority               int          `yaml:"priority"`
+	Enabled                *bool        `yaml:"enabled"`
+	SourceBucket           string       `yaml:"source_bucket"`
+	Filter                 FilterConfig `yaml:"filter"`
+	Destination            string       `yaml:"destination"`
+	DestinationBucket      string       `yaml:"destination_bucket"`
+	DestinationPrefix      string       `yaml:"destination_prefix"`
+	StorageClass           string       `yaml:"storage_class"`
+	ReplicateDeleteMarkers bool         `yaml:"replicate_delete_markers"`
+}
+
+// FilterConfig selects keys: prefix AND all tags must match.
+type FilterConfig struct {
+	Prefix string            `yaml:"prefix"`
+	Tags   map[string]string `yaml:"tags"`
+}
+
+// TransferConfig tunes the copier.
+type TransferConfig struct {
+	Workers            int  `yaml:"workers"`
+	PartSize           Size `yaml:"part_size"`
+	PartConcurrency    int  `yaml:"part_concurrency"`
+	MultipartThreshold Size `yaml:"multipart_threshold"`
+}
+
+// RetentionConfig bounds how long finished operations stay in the state file.
+type RetentionConfig struct {
+	Finished Duration `yaml:"finished"`
+}
+
+// Duration is a Go duration in YAML ("90s", "5m").
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(strings.TrimSpace(n.Value))
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (use a Go duration like 90s, 5m or 1h30m)", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Size is a byte count in YAML: 1048576, 16MiB, 1GiB, 500KB.
+type Size int64
+
+var sizeRe = regexp.MustCompile(`^\s*([0-9]+)\s*([A-Za-z]*)\s*$`)
+
+var sizeUnits = map[string]int64{
+	"": 1, "b": 1,
+	"k": 1 << 10, "kib": 1 << 10, "kb": 1000,
+	"m": 1 << 20, "mib": 1 << 20, "mb": 1000 * 1000,
+	"g": 1 << 30, "gib": 1 << 30, "gb": 1000 * 1000 * 1000,
+	"tib": 1 << 40, "tb": 1000 * 1000 * 1000 * 1000,
+}
+
+// ParseSize parses a size with an optional unit.
+func ParseSize(s string) (int64, error) {
+	m := sizeRe.FindStringSubmatch(s)
+	if m == nil {
+		return 0, fmt.Errorf("%q is not a size (use bytes or a unit: KiB, MiB, GiB)", s)
+	}
+	unit, ok := sizeUnits[strings.ToLower(m[2])]
+	if !ok {
+		return 0, fmt.Errorf("%q has an unknown unit %q (use KiB, MiB or GiB)", s, m[2])
+	}
+	n, err := strconv.ParseInt(m[1], 10, 64)
+	if err != nil || n > (1<<62)/unit {
+		return 0, fmt.Errorf("%q is too large", s)
+	}
+	return n * unit, nil
+}
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (s *Size) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseSize(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %v", n.Line, err)
+	}
+	*s = Size(v)
+	return nil
+}
+
+// Secret is a credential: it never prints.
+type Secret string
+
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "[redacted]"
+}
+
+// LogValue keeps secrets out of structured logs.
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+// MarshalJSON keeps secrets out of JSON output.
+func (s Secret) MarshalJSON() ([]byte, error) { return strconv.AppendQuote(nil, s.String()), nil }
+
+// Reveal returns the secret itself, for the SDK only.
+func (s Secret) Reveal() string { return string(s) }
+
+// ConfigError is a configuration problem; it maps to exit code 2.
+type ConfigError struct {
+	File     string
+	Problems []string
+}
+
+func (e *ConfigError) Error() string {
+	if len(e.Problems) == 1 {
+		return fmt.Sprintf("config %s: %s", e.File, e.Problems[0])
+	}
+	return fmt.Sprintf("config %s: %d problems:\n  %s", e.File, len(e.Problems), strings.Join(e.Problems, "\n  "))
+}
+
+// configPath resolves -config, then $S3REPLICAD_CONFIG, then the default.
+func configPath(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if v := os.Getenv("S3REPLICAD_CONFIG"); v != "" {
+		return v
+	}
+	return DefaultConfigPath
+}
+
+// LoadConfig reads, expands, decodes, defaults and validates a file.
+func LoadConfig(path string) (*Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &ConfigError{File: path, Problems: []string{fmt.Sprintf("cannot read: %v", errors.Unwrap(err))}}
+	}
+	return ParseConfig(path, raw, os.LookupEnv)
+}
+
+var envRe = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+// ParseConfig is LoadConfig over bytes, with an injectable environment.
+func ParseConfig(path string, raw []byte, lookup func(string) (string, bool)) (*Config, error) {
+	fail := func(format string, args ...any) error {
+		return &ConfigError{File: path, Problems: []string{fmt.Sprintf(format, args...)}}
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		return nil, fail("%s", strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	cfg := &Config{lines: map[string]int{}, path: path}
+	if len(doc.Content) == 0 {
+		return nil, fail("the file is empty")
+	}
+	if err := walk(doc.Content[0], reflect.TypeOf(*cfg), "", cfg.lines, lookup); err != nil {
+		return nil, fail("%v", err)
+	}
+	if err := doc.Content[0].Decode(cfg); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		msg = strings.ReplaceAll(msg, "unmarshal errors:\n  ", "")
+		return nil, fail("%s", msg)
+	}
+	cfg.applyDefaults()
+	if problems := cfg.validate(); len(problems) > 0 {
+		return nil, &ConfigError{File: path, Problems: problems}
+	}
+	return cfg, nil
+}
+
+// walk checks every mapping key against the Go type (unknown keys are
+// errors naming the key and line), records where each key is, and expands
+// ${VAR} in scalar values.
+func walk(n *yaml.Node, t reflect.Type, path string, lines map[string]int, lookup func(string) (string, bool)) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch n.Kind {
+	case yaml.AliasNode:
+		return fmt.Errorf("line %d: YAML aliases are not supported", n.Line)
+	case yaml.ScalarNode:
+		if !strings.Contains(n.Value, "${") {
+			return nil
+		}
+		var missing string
+		n.Value = envRe.ReplaceAllStringFunc(n.Value, func(m string) string {
+			name := envRe.FindStringSubmatch(m)[1]
+			v, ok := lookup(name)
+			if !ok && missing == "" {
+				missing = name
+			}
+			return v
+		})
+		if missing != "" {
+			return fmt.Errorf("line %d: %s: environment variable %s is not set", n.Line, path, missing)
+		}
+		return nil
+	case yaml.SequenceNode:
+		if t.Kind() != reflect.Slice {
+			return fmt.Errorf("line %d: %s must not be a list", n.Line, path)
+		}
+		for i, c := range n.Content {
+			p := fmt.Sprintf("%s[%d]", path, i)
+			lines[p] = c.Line
+			if err := walk(c, t.Elem(), p, lines, lookup); err != nil {
+				return err
+			}
+		}
+		return nil
+	case yaml.MappingNode:
+		switch t.Kind() {
+		case reflect.Map:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				p := join(path, n.Content[i].Value)
+				lines[p] = n.Content[i].Line
+				if err := walk(n.Content[i+1], t.Elem(), p, lines, lookup); err != nil {
+					return err
+				}
+			}
+			return nil
+		case reflect.Struct:
+			fields := yamlFields(t)
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k := n.Content[i]
+				ft, ok := fields[k.Value]
+				if !ok {
+					where := "at the top level"
+					if path != "" {
+						where = "in " + path
+					}
+					return fmt.Errorf("line %d: unknown key %q %s", k.Line, k.Value, where)
+				}
+				p := join(path, k.Value)
+				lines[p] = k.Line
+				if err := walk(n.Content[i+1], ft, p, lines, lookup); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		return fmt.Errorf("line %d: %s must be a single value, not a mapping", n.Line, path)
+	}
+	return nil
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// yamlFields maps the YAML names of a struct's fields (inline ones
+// flattened) to their types.
+func yamlFields(t reflect.Type) map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag := f.Tag.Get("yaml")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		name, opts, _ := strings.Cut(tag, ",")
+		if opts == "inline" {
+			for k, v := range yamlFields(f.Type) {
+				out[k] = v
+			}
+			continue
+		}
+		out[name] = f.Type
+	}
+	return out
+}
+
+func (c *Config) applyDefaults() {
+	if c.StateDir == "" {
+		c.StateDir = "/var/lib/s3replicad"
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:9464"
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = Duration(30 * time.Second)
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	if c.Queue.WaitTime == 0 {
+		c.Queue.WaitTime = Duration(20 * time.Second)
+	}
+	if c.Queue.VisibilityTimeout == 0 {
+		c.Queue.VisibilityTimeout = Duration(5 * time.Minute)
+	}
+	if c.Queue.Pollers == 0 {
+		c.Queue.Pollers = 2
+	}
+	if c.Queue.Region == "" {
+		c.Queue.Region = c.Source.Region
+	}
+	if c.Source.Region == "" {
+		c.Source.Region = "us-east-1"
+	}
+	for i := range c.Destinations {
+		if c.Destinations[i].Region == "" {
+			c.Destinations[i].Region = "us-east-1"
+		}
+	}
+	for i := range c.Rules {
+		if c.Rules[i].Enabled == nil {
+			t := true
+			c.Rules[i].Enabled = &t
+		}
+	}
+	if c.Transfer.Workers == 0 {
+		c.Transfer.Workers = 16
+	}
+	if c.Transfer.PartSize == 0 {
+		c.Transfer.PartSize = 16 << 20
+	}
+	if c.Transfer.PartConcurrency == 0 {
+		c.Transfer.PartConcurrency = 8
+	}
+	if c.Transfer.MultipartThreshold == 0 {
+		c.Transfer.MultipartThreshold = 32 << 20
+	}
+	if c.Retention.Finished == 0 {
+		c.Retention.Finished = Duration(14 * 24 * time.Hour)
+	}
+}
+
+// at names a key with its line, for error messages.
+func (c *Config) at(path string) string {
+	if l, ok := c.lines[path]; ok {
+		return fmt.Sprintf("line %d: %s", l, path)
+	}
+	return path
+}
+
+func (c *Config) validate() []string {
+	var p []string
+	add := func(path, format string, args ...any) {
+		p = append(p, c.at(path)+": "+fmt.Sprintf(format, args...))
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		add("listen", "%q is not host:port", c.Listen)
+	}
+	if c.ShutdownTimeout < 0 {
+		add("shutdown_timeout", "must be positive")
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		add("log.format", "%q is not text or json", c.Log.Format)
+	}
+	if c.Queue.URL == "" {
+		add("queue.url", "is required (the SQS queue that receives the source bucket's event notifications)")
+	} else if !strings.HasPrefix(c.Queue.URL, "https://") && !strings.HasPrefix(c.Queue.URL, "http://") {
+		add("queue.url", "%q is not an http(s) URL", c.Queue.URL)
+	}
+	if w := c.Queue.WaitTime.D(); w < 0 || w > 20*time.Second {
+		add("queue.wait_time", "must be between 0s and 20s (SQS long-poll limit)")
+	}
+	if v := c.Queue.VisibilityTimeout.D(); v < time.Second || v > 12*time.Hour {
+		add("queue.visibility_timeout", "must be between 1s and 12h")
+	} else if v <= c.Queue.WaitTime.D() {
+		add("queue.visibility_timeout", "must be longer than queue.wait_time")
+	}
+	if c.Queue.Pollers < 1 || c.Queue.Pollers > 64 {
+		add("queue.pollers", "must be between 1 and 64")
+	}
+	checkEndpoint := func(path string, e EndpointConfig) {
+		if e.Endpoint != "" && !strings.HasPrefix(e.Endpoint, "https://") && !strings.HasPrefix(e.Endpoint, "http://") {
+			add(path+".endpoint", "%q is not an http(s) URL", e.Endpoint)
+		}
+		if (e.AccessKeyID == "") != (e.SecretAccessKey == "") {
+			add(path+".access_key_id", "access_key_id and secret_access_key go together: set both or neither")
+		}
+		switch e.Checksums {
+		case s3store.ChecksumAuto, s3store.ChecksumWhenRequired, s3store.ChecksumWhenSupported:
+		default:
+			add(path+".checksums", "%q is not when_required or when_supported", e.Checksums)
+		}
+	}
+	checkEndpoint("source", c.Source)
+	if len(c.Destinations) == 0 {
+		add("destinations", "at least one destination is required")
+	}
+	names := map[string]bool{}
+	for i, d := range c.Destinations {
+		path := fmt.Sprintf("destinations[%d]", i)
+		switch {
+		case d.Name == "":
+			add(path, "name is required")
+		case names[d.Name]:
+			add(path+".name", "%q is used twice", d.Name)
+		}
+		names[d.Name] = true
+		checkEndpoint(path, d.EndpointConfig)
+	}
+	if len(c.Rules) == 0 {
+		add("rules", "at least one rule is required")
+	}
+	ids := map[string]bool{}
+	type target struct{ src, dest, bucket string }
+	prio := map[target]map[int]string{}
+	for i, r := range c.Rules {
+		path := fmt.Sprintf("rules[%d]", i)
+		switch {
+		case r.ID == "":
+			add(path, "id is required")
+		case ids[r.ID]:
+			add(path+".id", "%q is used twice", r.ID)
+		}
+		ids[r.ID] = true
+		if r.SourceBucket == "" {
+			add(path, "source_bucket is required")
+		}
+		if r.Destination == "" {
+			add(path, "destination is required")
+		} else if !names[r.Destination] {
+			add(path+".destination", "%q is not the name of a destination", r.Destination)
+		}
+		if r.DestinationBucket == "" {
+			add(path, "destination_bucket is required")
+		}
+		if *r.Enabled {
+			t := target{r.SourceBucket, r.Destination, r.DestinationBucket}
+			if prio[t] == nil {
+				prio[t] = map[int]string{}
+			}
+			if other, ok := prio[t][r.Priority]; ok {
+				add(path+".priority", "rules %q and %q replicate %s to the same bucket with the same priority %d: give them different priorities", other, r.ID, r.SourceBucket, r.Priority)
+			}
+			prio[t][r.Priority] = r.ID
+		}
+	}
+	t := c.Transfer
+	if t.Workers < 1 || t.Workers > 1024 {
+		add("transfer.workers", "must be between 1 and 1024")
+	}
+	if t.PartSize < 5<<20 || t.PartSize > 5<<30 {
+		add("transfer.part_size", "must be between 5MiB and 5GiB (S3's part size limits)")
+	}
+	if t.PartConcurrency < 1 || t.PartConcurrency > 256 {
+		add("transfer.part_concurrency", "must be between 1 and 256")
+	}
+	if t.MultipartThreshold < 0 || t.MultipartThreshold > 5<<30 {
+		add("transfer.multipart_threshold", "must be between 0 and 5GiB (the largest single PUT)")
+	}
+	if c.Retention.Finished < Duration(time.Hour) {
+		add("retention.finished", "must be at least 1h")
+	}
+	return p
+}
+
+// EngineRules converts the rules for the engine.
+func (c *Config) EngineRules() []engine.Rule {
+	out := make([]engine.Rule, len(c.Rules))
+	for i, r := range c.Rules {
+		out[i] = engine.Rule{
+			ID: r.ID, Priority: r.Priority, Enabled: *r.Enabled, SourceBucket: r.SourceBucket,
+			Prefix: r.Filter.Prefix, Tags: r.Filter.Tags, Destination: r.Destination,
+			DestinationBucket: r.DestinationBucket, DestinationPrefix: r.DestinationPrefix,
+			StorageClass: r.StorageClass, ReplicateDeleteMarkers: r.ReplicateDeleteMarkers,
+		}
+	}
+	return out
+}
+
+// SelectRules returns the rules named by -rule (all when id is empty).
+func (c *Config) SelectRules(id string) ([]engine.Rule, error) {
+	all := c.EngineRules()
+	if id == "" {
+		return all, nil
+	}
+	for _, r := range all {
+		if r.ID == id {
+			return []engine.Rule{r}, nil
+		}
+	}
+	return nil, &usageError{fmt.Sprintf("no rule with id %q in %s", id, c.path)}
+}
+
+func (e EndpointConfig) storeConfig(maxConns int) s3store.Config {
+	return s3store.Config{
+		Endpoint: e.Endpoint, Region: e.Region, PathStyle: e.PathStyle,
+		AccessKeyID: e.AccessKeyID, SecretAccessKey: e.SecretAccessKey.Reveal(), SessionToken: e.SessionToken.Reveal(),
+		CAFile: e.CAFile, Checksums: e.Checksums, MaxConns: maxConns,
+	}
+}
+
+func (q QueueConfig) queueConfig() sqsqueue.Config {
+	return sqsqueue.Config{
+		URL: q.URL, Region: q.Region, Endpoint: q.Endpoint, AccessKeyID: q.AccessKeyID,
+		SecretAccessKey: q.SecretAccessKey.Reveal(), WaitTime: q.WaitTime.D(),
+		VisibilityTimeout: q.VisibilityTimeout.D(), CAFile: q.CAFile,
+	}
+}

@@ -1,0 +1,404 @@
+// Package e2e drives the real s3replicad binary against real local S3
+// (versitygw) and SQS (local-aws-sqs) servers.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+
+	"github.com/s3replicad/s3replicad/internal/testenv"
+)
+
+var (
+	env    *testenv.Env
+	binary string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(mainWithEnv(m))
+}
+
+func mainWithEnv(m *testing.M) int {
+	tmp, err := os.MkdirTemp("", "s3replicad-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	binary = filepath.Join(tmp, "s3replicad")
+	root, _ := testenv.Root()
+	build := exec.Command("go", "build", "-o", binary, "./cmd/s3replicad")
+	build.Dir = root
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build s3replicad:", err)
+		return 1
+	}
+	env, err = testenv.Start(filepath.Join(tmp, "servers"))
+	if err != nil {
+		if errors.Is(err, testenv.ErrNotInstalled) && os.Getenv("CI") != "true" {
+			fmt.Fprintln(os.Stderr, "SKIP e2e:", err)
+			return 0
+		}
+		fmt.Fprintln(os.Stderr, "e2e: cannot start the local servers:", err)
+		return 1
+	}
+	defer env.Close()
+	return m.Run()
+}
+
+var nameSeq atomic.Int64
+
+// uniqueName returns a bucket-safe name unique within the run.
+func uniqueName(prefix string) string {
+	return fmt.Sprintf("%s-%d-%d", prefix, time.Now().UnixNano()%1e9, nameSeq.Add(1))
+}
+
+// world is one test's buckets, queue, config and state.
+type world struct {
+	t          *testing.T
+	ctx        context.Context
+	src, dst   *s3.Client
+	srcBucket  string
+	dstBucket  string
+	queueURL   string
+	pub        *testenv.Publisher
+	dir        string
+	configPath string
+	listen     string
+}
+
+type worldOpts struct {
+	rules       string // YAML list items under rules:, %[1]s = source bucket, %[2]s = destination bucket
+	transfer    string // YAML under transfer:
+	maxReceives int
+	extra       string // extra top-level YAML
+}
+
+const defaultRules = `
+  - id: all
+    priority: 1
+    source_bucket: %[1]s
+    destination: dr
+    destination_bucket: %[2]s
+`
+
+func newWorld(t *testing.T, o worldOpts) *world {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	w := &world{t: t, ctx: ctx, src: testenv.S3(env.Source), dst: testenv.S3(env.Destination), dir: t.TempDir()}
+	w.srcBucket, w.dstBucket = uniqueName("src"), uniqueName("dst")
+	must(t, testenv.CreateBucket(ctx, w.src, w.srcBucket, true))
+	must(t, testenv.CreateBucket(ctx, w.dst, w.dstBucket, true))
+	if o.maxReceives == 0 {
+		o.maxReceives = 50
+	}
+	var err error
+	w.queueURL, err = env.CreateQueue(ctx, uniqueName("q"), o.maxReceives)
+	must(t, err)
+	w.pub = env.Publisher(w.queueURL)
+	w.listen = freeAddr(t)
+	if o.rules == "" {
+		o.rules = defaultRules
+	}
+	if o.transfer == "" {
+		o.transfer = "  workers: 8\n"
+	}
+	cfg := fmt.Sprintf(`state_dir: %s
+listen: %s
+shutdown_timeout: 10s
+log: {level: debug, format: text}
+queue:
+  url: %s
+  endpoint: %s
+  region: us-east-1
+  access_key_id: ${TEST_AK}
+  secret_access_key: ${TEST_SK}
+  wait_time: 1s
+  visibility_timeout: 20s
+source:
+  endpoint: %s
+  path_style: true
+  access_key_id: ${TEST_AK}
+  secret_access_key: ${TEST_SK}
+destinations:
+  - name: dr
+    endpoint: %s
+    path_style: true
+    access_key_id: ${TEST_AK}
+    secret_access_key: ${TEST_SK}
+rules:
+%s
+transfer:
+%s
+%s`, filepath.Join(w.dir, "state"), w.listen, w.queueURL, env.SQS, env.Source, env.Destination,
+		strings.TrimPrefix(fmt.Sprintf(o.rules, w.srcBucket, w.dstBucket), "\n"), o.transfer, o.extra)
+	w.configPath = filepath.Join(w.dir, "config.yaml")
+	must(t, os.WriteFile(w.configPath, []byte(cfg), 0o600))
+	return w
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// daemon is a running `s3replicad run`.
+type daemon struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	listen string
+	logs   *syncBuffer
+	done   chan struct{}
+	err    error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func cliEnv() []string {
+	return append(os.Environ(), "TEST_AK="+testenv.AccessKey, "TEST_SK="+testenv.SecretKey)
+}
+
+func (w *world) start() *daemon {
+	w.t.Helper()
+	d := &daemon{t: w.t, listen: w.listen, logs: &syncBuffer{}, done: make(chan struct{})}
+	d.cmd = exec.Command(binary, "run", "-config", w.configPath)
+	d.cmd.Env = cliEnv()
+	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
+	must(w.t, d.cmd.Start())
+	go func() { d.err = d.cmd.Wait(); close(d.done) }()
+	w.t.Cleanup(func() {
+		select {
+		case <-d.done:
+		default:
+			_ = d.cmd.Process.Kill()
+			<-d.done
+		}
+		if w.t.Failed() {
+			w.t.Logf("daemon log:\n%s", tail(d.logs.String(), 6000))
+		}
+	})
+	waitFor(w.t, 20*time.Second, "daemon ready", func() bool {
+		select {
+		case <-d.done:
+			w.t.Fatalf("daemon exited at start: %v\n%s", d.err, d.logs.String())
+		default:
+		}
+		resp, err := http.Get("http://" + d.listen + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return d
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+// stop sends SIGTERM and requires exit 0.
+func (d *daemon) stop() {
+	d.t.Helper()
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+		if d.err != nil {
+			d.t.Fatalf("daemon exited with %v after SIGTERM", d.err)
+		}
+	case <-time.After(20 * time.Second):
+		d.t.Fatal("daemon did not stop within 20s of SIGTERM")
+	}
+}
+
+func (d *daemon) kill() {
+	_ = d.cmd.Process.Kill()
+	<-d.done
+}
+
+// metric returns the sum of a metric family's samples whose labels contain
+// all of the given label pairs.
+func (d *daemon) metric(name string, labels ...string) float64 {
+	d.t.Helper()
+	resp, err := http.Get("http://" + d.listen + "/metrics")
+	must(d.t, err)
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return parseMetric(string(body), name, labels...)
+}
+
+func parseMetric(text, name string, labels ...string) float64 {
+	total := 0.0
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		ok := true
+		for i := 0; i+1 < len(labels); i += 2 {
+			if !strings.Contains(line, fmt.Sprintf(`%s="%s"`, labels[i], labels[i+1])) {
+				ok = false
+			}
+		}
+		if !ok {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err == nil {
+			total += v
+		}
+	}
+	return total
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %v waiting for %s", timeout, what)
+}
+
+// cli runs a subcommand and returns stdout, stderr and the exit code.
+func (w *world) cli(args ...string) (string, string, int) {
+	w.t.Helper()
+	cmd := exec.Command(binary, append(args[:1:1], append([]string{"-config", w.configPath}, args[1:]...)...)...)
+	cmd.Env = cliEnv()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		w.t.Fatal(err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// destVersions lists the destination's versions of key (newest first).
+func (w *world) destVersions(key string) (vs []types.ObjectVersion, markers []types.DeleteMarkerEntry) {
+	w.t.Helper()
+	p := s3.NewListObjectVersionsPaginator(w.dst, &s3.ListObjectVersionsInput{Bucket: &w.dstBucket, Prefix: &key})
+	for p.HasMorePages() {
+		out, err := p.NextPage(w.ctx)
+		must(w.t, err)
+		for _, v := range out.Versions {
+			if aws.ToString(v.Key) == key {
+				vs = append(vs, v)
+			}
+		}
+		for _, m := range out.DeleteMarkers {
+			if aws.ToString(m.Key) == key {
+				markers = append(markers, m)
+			}
+		}
+	}
+	return vs, markers
+}
+
+// waitReplicated waits until the destination's current version of key
+// carries the given source version.
+func (w *world) waitReplicated(key, sourceVersion string, timeout time.Duration) *s3.HeadObjectOutput {
+	w.t.Helper()
+	var head *s3.HeadObjectOutput
+	waitFor(w.t, timeout, "replica of "+key, func() bool {
+		out, err := w.dst.HeadObject(w.ctx, &s3.HeadObjectInput{Bucket: &w.dstBucket, Key: &key})
+		if err != nil {
+			return false
+		}
+		head = out
+		return out.Metadata["s3replicad-source-version-id"] == sourceVersion
+	})
+	return head
+}
+
+func (w *world) getDest(key, version string) ([]byte, *s3.GetObjectOutput) {
+	w.t.Helper()
+	in := &s3.GetObjectInput{Bucket: &w.dstBucket, Key: &key}
+	if version != "" {
+		in.VersionId = &version
+	}
+	out, err := w.dst.GetObject(w.ctx, in)
+	must(w.t, err)
+	defer out.Body.Close()
+	b, err := io.ReadAll(out.Body)
+	must(w.t, err)
+	return b, out
+}
+
+func (w *world) destTags(key string) map[string]string {
+	w.t.Helper()
+	out, err := w.dst.GetObjectTagging(w.ctx, &s3.GetObjectTaggingInput{Bucket: &w.dstBucket, Key: &key})
+	must(w.t, err)
+	m := map[string]string{}
+	for _, t := range out.TagSet {
+		m[aws.ToString(t.Key)] = aws.ToString(t.Value)
+	}
+	return m
+}
+
+func (w *world) put(key string, body []byte, opts ...func(*s3.PutObjectInput)) testenv.Event {
+	w.t.Helper()
+	ev, err := w.pub.Put(w.ctx, w.src, w.srcBucket, key, body, opts...)
+	must(w.t, err)
+	return ev
+}
+
+func (w *world) send(bodies ...string) {
+	w.t.Helper()
+	must(w.t, w.pub.Send(w.ctx, bodies...))
+}

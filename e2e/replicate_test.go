@@ -1,0 +1,141 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/rand"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/s3replicad/s3replicad/internal/testenv"
+)
+
+// longKey is a 1,000-byte key (path segments stay under file-name limits of
+// POSIX-backed stores).
+func longKey() string {
+	return strings.Repeat(strings.Repeat("k", 199)+"/", 4) + strings.Repeat("é", 100)
+}
+
+func TestReplicatesVersionsWithMetadataAndAwkwardKeys(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{})
+	d := w.start()
+
+	keys := []string{
+		"plain.txt", "with space.txt", "plus+sign.txt", "percent%25.txt", "equals=and&amp.txt",
+		"unicode/élan-日本語-😀.txt", "deep/nested/path/file.bin", longKey(),
+	}
+	if len(keys[len(keys)-1]) != 1000 {
+		t.Fatalf("long key is %d bytes", len(keys[len(keys)-1]))
+	}
+	var evs []testenv.Event
+	for i, k := range keys {
+		evs = append(evs, w.put(k, []byte("content of "+k+strings.Repeat("x", i*100))))
+	}
+	// A 0-byte object, and one with every header, user metadata and tags.
+	evs = append(evs, w.put("empty", nil))
+	expires := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	evs = append(evs, w.put("headers.json", []byte(`{"a":1}`), func(in *s3.PutObjectInput) {
+		in.ContentType = aws.String("application/json")
+		in.ContentEncoding = aws.String("identity")
+		in.ContentDisposition = aws.String(`attachment; filename="h.json"`)
+		in.ContentLanguage = aws.String("fr-CA")
+		in.CacheControl = aws.String("max-age=60")
+		in.Expires = &expires
+		in.Metadata = map[string]string{"owner": "team a", "n": "42"}
+		in.Tagging = aws.String("env=prod&class=gold%20star")
+	}))
+	// Several records in one message, plus one message per event.
+	w.send(testenv.S3Body(evs[:3]...))
+	must(t, w.pub.SendEvents(w.ctx, evs[3:]...))
+
+	for _, ev := range evs {
+		w.waitReplicated(ev.Key, ev.VersionID, 30*time.Second)
+	}
+	for i, k := range keys {
+		got, _ := w.getDest(k, "")
+		if want := "content of " + k + strings.Repeat("x", i*100); string(got) != want {
+			t.Errorf("%q: destination holds %q", k, got)
+		}
+	}
+	if got, _ := w.getDest("empty", ""); len(got) != 0 {
+		t.Errorf("empty object has %d bytes on the destination", len(got))
+	}
+	body, out := w.getDest("headers.json", "")
+	if string(body) != `{"a":1}` {
+		t.Errorf("headers.json body %q", body)
+	}
+	check := func(name, got, want string) {
+		if got != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+	}
+	check("Content-Type", aws.ToString(out.ContentType), "application/json")
+	check("Content-Encoding", aws.ToString(out.ContentEncoding), "identity")
+	check("Content-Disposition", aws.ToString(out.ContentDisposition), `attachment; filename="h.json"`)
+	check("Content-Language", aws.ToString(out.ContentLanguage), "fr-CA")
+	check("Cache-Control", aws.ToString(out.CacheControl), "max-age=60")
+	if exp, err := time.Parse(time.RFC1123, aws.ToString(out.ExpiresString)); err != nil || !exp.Equal(expires) {
+		t.Errorf("Expires = %q", aws.ToString(out.ExpiresString))
+	}
+	check("meta owner", out.Metadata["owner"], "team a")
+	check("meta n", out.Metadata["n"], "42")
+	for k := range out.Metadata {
+		if k != "owner" && k != "n" && !strings.HasPrefix(k, "s3replicad-") {
+			t.Errorf("unexpected metadata key %q on the replica", k)
+		}
+	}
+	tags := w.destTags("headers.json")
+	check("tag env", tags["env"], "prod")
+	check("tag class", tags["class"], "gold star")
+
+	// Exactly one destination version per source version.
+	for _, ev := range evs {
+		if vs, _ := w.destVersions(ev.Key); len(vs) != 1 {
+			t.Errorf("%q has %d destination versions, want 1", ev.Key, len(vs))
+		}
+	}
+	if got := d.metric("s3replicad_replicated_objects_total", "rule", "all"); got != float64(len(evs)) {
+		t.Errorf("replicated_objects_total = %v, want %d", got, len(evs))
+	}
+	if got := d.metric("s3replicad_events_received_total", "kind", "created"); got != float64(len(evs)) {
+		t.Errorf("events_received_total{created} = %v, want %d", got, len(evs))
+	}
+	d.stop()
+}
+
+func TestMultipartObjectIsCopiedInParts(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{transfer: "  workers: 4\n  part_size: 5MiB\n  multipart_threshold: 6MiB\n  part_concurrency: 3\n"})
+	d := w.start()
+	data := make([]byte, 13<<20+12345)
+	_, _ = rand.Read(data)
+	ev := w.put("big/object.bin", data, func(in *s3.PutObjectInput) {
+		in.ContentType = aws.String("application/x-test")
+		in.Metadata = map[string]string{"big": "yes"}
+		in.Tagging = aws.String("size=large")
+	})
+	ev.Name = "ObjectCreated:CompleteMultipartUpload"
+	must(t, w.pub.SendEvents(w.ctx, ev))
+	w.waitReplicated(ev.Key, ev.VersionID, 60*time.Second)
+	got, out := w.getDest(ev.Key, "")
+	if !bytes.Equal(got, data) {
+		t.Fatalf("multipart replica differs: %d bytes vs %d", len(got), len(data))
+	}
+	if etag := aws.ToString(out.ETag); !strings.HasSuffix(strings.Trim(etag, `"`), "-3") {
+		t.Errorf("replica ETag %s is not a 3-part multipart ETag", etag)
+	}
+	if aws.ToString(out.ContentType) != "application/x-test" || out.Metadata["big"] != "yes" {
+		t.Errorf("headers lost: %q %v", aws.ToString(out.ContentType), out.Metadata)
+	}
+	if w.destTags(ev.Key)["size"] != "large" {
+		t.Errorf("tags lost on multipart replica")
+	}
+	if got := d.metric("s3replicad_source_bytes_read_total"); got < float64(len(data)) {
+		t.Errorf("source_bytes_read_total = %v, want >= %d", got, len(data))
+	}
+	d.stop()
+}

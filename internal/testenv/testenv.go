@@ -1,0 +1,299 @@
+// Package testenv starts the real local servers that integration tests, the
+// demo and the benchmark run against: two versitygw S3 gateways (source and
+// destination) and a local-aws-sqs server, all on loopback ports. The
+// servers are installed by scripts/testenv.sh.
+package testenv
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+)
+
+// Credentials of the local servers.
+const (
+	AccessKey = "testaccesskey"
+	SecretKey = "testsecretkey0123456789"
+	Region    = "us-east-1"
+)
+
+// Env is a running set of servers.
+type Env struct {
+	Source      string // S3 endpoint URL
+	Destination string // S3 endpoint URL
+	Unversioned string // S3 endpoint without versioning support
+	SQS         string // SQS endpoint URL
+
+	dir   string
+	procs []*exec.Cmd
+	mu    sync.Mutex
+}
+
+// ErrNotInstalled means scripts/testenv.sh has not been run.
+var ErrNotInstalled = errors.New("local test servers are not installed: run scripts/testenv.sh (make test does)")
+
+// Root finds the repository root (the directory holding go.mod).
+func Root() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("go.mod not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// Start launches the servers with their data under dir (which must exist).
+func Start(dir string) (*Env, error) {
+	root, err := Root()
+	if err != nil {
+		return nil, err
+	}
+	vgw := filepath.Join(root, ".testenv", "bin", "versitygw")
+	sqsScript := filepath.Join(root, ".testenv", "sqs", "sqs-server.mjs")
+	for _, p := range []string{vgw, sqsScript} {
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("%w (%s missing)", ErrNotInstalled, filepath.Base(p))
+		}
+	}
+	if _, err := exec.LookPath("node"); err != nil {
+		return nil, fmt.Errorf("%w (node not on PATH)", ErrNotInstalled)
+	}
+	dir, err = filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	e := &Env{dir: dir}
+	ok := false
+	defer func() {
+		if !ok {
+			e.Close()
+		}
+	}()
+	if e.Source, err = e.startS3(vgw, "src", true); err != nil {
+		return nil, err
+	}
+	if e.Destination, err = e.startS3(vgw, "dst", true); err != nil {
+		return nil, err
+	}
+	if e.Unversioned, err = e.startS3(vgw, "plain", false); err != nil {
+		return nil, err
+	}
+	if e.SQS, err = e.startSQS(sqsScript); err != nil {
+		return nil, err
+	}
+	ok = true
+	return e, nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (e *Env) startS3(bin, name string, versioning bool) (string, error) {
+	port, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	root := filepath.Join(e.dir, name, "root")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return "", err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	args := []string{"--port", addr, "--health", "/health", "--quiet", "posix"}
+	if versioning {
+		vdir := filepath.Join(e.dir, name, "versions")
+		if err := os.MkdirAll(vdir, 0o755); err != nil {
+			return "", err
+		}
+		args = append(args, "--versioning-dir", vdir)
+	}
+	args = append(args, root)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+AccessKey, "ROOT_SECRET_KEY="+SecretKey)
+	logf, err := os.Create(filepath.Join(e.dir, name+".log"))
+	if err != nil {
+		return "", err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return "", fmt.Errorf("start versitygw: %w", err)
+	}
+	e.track(cmd)
+	url := "http://" + addr
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url + "/health")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return url, nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return "", fmt.Errorf("versitygw %s did not become healthy on %s (see %s.log)", name, addr, name)
+}
+
+func (e *Env) startSQS(script string) (string, error) {
+	port, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.Command("node", script, fmt.Sprint(port))
+	cmd.Dir = filepath.Dir(script)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", err
+	}
+	logf, err := os.Create(filepath.Join(e.dir, "sqs.log"))
+	if err != nil {
+		return "", err
+	}
+	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return "", fmt.Errorf("start local SQS: %w", err)
+	}
+	e.track(cmd)
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if strings.TrimSpace(sc.Text()) == "ready" {
+				ready <- true
+				_, _ = io.Copy(logf, stdout)
+				return
+			}
+		}
+		ready <- false
+	}()
+	select {
+	case ok := <-ready:
+		if !ok {
+			return "", errors.New("local SQS exited before it was ready (see sqs.log)")
+		}
+	case <-time.After(30 * time.Second):
+		return "", errors.New("local SQS did not start within 30s")
+	}
+	return fmt.Sprintf("http://127.0.0.1:%d", port), nil
+}
+
+func (e *Env) track(cmd *exec.Cmd) {
+	e.mu.Lock()
+	e.procs = append(e.procs, cmd)
+	e.mu.Unlock()
+}
+
+// Close stops the servers.
+func (e *Env) Close() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, p := range e.procs {
+		_ = p.Process.Signal(syscall.SIGTERM)
+	}
+	for _, p := range e.procs {
+		done := make(chan struct{})
+		go func() { _ = p.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = p.Process.Kill()
+			<-done
+		}
+	}
+	e.procs = nil
+}
+
+// S3 returns a client for an endpoint of this environment.
+func S3(endpoint string) *s3.Client {
+	return s3.New(s3.Options{
+		Region:                     Region,
+		BaseEndpoint:               aws.String(endpoint),
+		UsePathStyle:               true,
+		Credentials:                credentials.NewStaticCredentialsProvider(AccessKey, SecretKey, ""),
+		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
+		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
+	})
+}
+
+// SQSClient returns a client for the local SQS server.
+func (e *Env) SQSClient() *sqs.Client {
+	return sqs.New(sqs.Options{
+		Region:       Region,
+		BaseEndpoint: aws.String(e.SQS),
+		Credentials:  credentials.NewStaticCredentialsProvider(AccessKey, SecretKey, ""),
+	})
+}
+
+// CreateBucket creates a bucket, versioned when asked.
+func CreateBucket(ctx context.Context, c *s3.Client, name string, versioned bool) error {
+	if _, err := c.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: &name}); err != nil {
+		return fmt.Errorf("create bucket %s: %w", name, err)
+	}
+	if !versioned {
+		return nil
+	}
+	_, err := c.PutBucketVersioning(ctx, &s3.PutBucketVersioningInput{
+		Bucket:                  &name,
+		VersioningConfiguration: &s3types.VersioningConfiguration{Status: s3types.BucketVersioningStatusEnabled},
+	})
+	if err != nil {
+		return fmt.Errorf("enable versioning on %s: %w", name, err)
+	}
+	return nil
+}
+
+// CreateQueue creates a queue with a dead-letter queue behind it and
+// returns the queue's URL.
+func (e *Env) CreateQueue(ctx context.Context, name string, maxReceives int) (string, error) {
+	c := e.SQSClient()
+	dlq, err := c.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(name + "-dlq")})
+	if err != nil {
+		return "", fmt.Errorf("create DLQ: %w", err)
+	}
+	attrs, err := c.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{QueueUrl: dlq.QueueUrl, AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameQueueArn}})
+	if err != nil {
+		return "", fmt.Errorf("DLQ attributes: %w", err)
+	}
+	redrive := fmt.Sprintf(`{"deadLetterTargetArn":%q,"maxReceiveCount":"%d"}`, attrs.Attributes["QueueArn"], maxReceives)
+	q, err := c.CreateQueue(ctx, &sqs.CreateQueueInput{
+		QueueName:  aws.String(name),
+		Attributes: map[string]string{"RedrivePolicy": redrive, "VisibilityTimeout": "30"},
+	})
+	if err != nil {
+		return "", fmt.Errorf("create queue: %w", err)
+	}
+	return aws.ToString(q.QueueUrl), nil
+}

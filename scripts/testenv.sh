@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the local servers the tests, the demo and the benchmark run
+# against: versitygw (S3) and local-aws-sqs (SQS). Idempotent and quick once
+# installed. Everything lands in .testenv/ inside the checkout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VERSITYGW_VERSION=v1.8.0
+LOCAL_SQS_VERSION=2.0.2
+mkdir -p .testenv/bin
+
+if [ ! -x .testenv/bin/versitygw ] || [ "$(cat .testenv/bin/versitygw.version 2>/dev/null)" != "$VERSITYGW_VERSION" ]; then
+  echo "testenv: installing versitygw $VERSITYGW_VERSION (first build takes a few minutes)" >&2
+  GOBIN="$PWD/.testenv/bin" go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
+  echo "$VERSITYGW_VERSION" > .testenv/bin/versitygw.version
+fi
+
+if [ ! -f .testenv/sqs/node_modules/local-aws-sqs/package.json ] || \
+   ! grep -q "\"version\": \"$LOCAL_SQS_VERSION\"" .testenv/sqs/node_modules/local-aws-sqs/package.json; then
+  command -v npm >/dev/null || { echo "testenv: npm is required (install Node.js 18 or later)" >&2; exit 1; }
+  echo "testenv: installing local-aws-sqs $LOCAL_SQS_VERSION" >&2
+  npm install --silent --no-audit --no-fund --prefix .testenv/sqs "local-aws-sqs@$LOCAL_SQS_VERSION" >&2
+fi
+cp scripts/sqs-server.mjs .testenv/sqs/sqs-server.mjs
