@@ -24,6 +24,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	"github.com/s3replicad/s3replicad/internal/testenv"
 )
@@ -402,3 +404,7 @@ func (w *world) send(bodies ...string) {
 	w.t.Helper()
 	must(w.t, w.pub.Send(w.ctx, bodies...))
 }
+
+type sqsAttrsInput = sqs.GetQueueAttributesInput
+
+var allAttrs = []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameAll}

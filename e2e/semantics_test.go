@@ -1,0 +1,249 @@
+package e2e
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/s3replicad/s3replicad/internal/testenv"
+)
+
+type statusJSON struct {
+	Counts        map[string]int `json:"counts"`
+	DaemonRunning bool           `json:"daemon_running"`
+	Failed        []struct {
+		Key    string `json:"key"`
+		Reason string `json:"reason"`
+		Error  string `json:"error"`
+	} `json:"failed"`
+	BytesPending int64 `json:"bytes_pending"`
+}
+
+func (w *world) status() statusJSON {
+	w.t.Helper()
+	out, errOut, code := w.cli("status", "-json")
+	if code != 0 {
+		w.t.Fatalf("status exited %d: %s", code, errOut)
+	}
+	var st statusJSON
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		w.t.Fatalf("status -json is not JSON: %v\n%s", err, out)
+	}
+	return st
+}
+
+func TestDuplicateAndReversedEvents(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{})
+	d := w.start()
+	v1 := w.put("doc", []byte("one"))
+	v2 := w.put("doc", []byte("two"))
+	v3 := w.put("doc", []byte("three"))
+
+	// Newest first; once it is written, the older ones must not regress it.
+	must(t, w.pub.SendEvents(w.ctx, v3, v3))
+	w.waitReplicated("doc", v3.VersionID, 30*time.Second)
+	must(t, w.pub.SendEvents(w.ctx, v1, v2, v3, v1))
+	waitFor(t, 30*time.Second, "superseded versions", func() bool {
+		return d.metric("s3replicad_superseded_total", "rule", "all") == 2
+	})
+	if body, _ := w.getDest("doc", ""); string(body) != "three" {
+		t.Fatalf("current destination version holds %q, want three", body)
+	}
+	if vs, _ := w.destVersions("doc"); len(vs) != 1 {
+		t.Fatalf("%d destination versions, want exactly 1", len(vs))
+	}
+	st := w.status()
+	if st.Counts["superseded"] != 2 || st.Counts["completed"] != 1 {
+		t.Fatalf("status counts %v, want 2 superseded and 1 completed", st.Counts)
+	}
+
+	// Reversed order inside one batch: all versions are kept, in sequencer
+	// order, so the newest ends up current.
+	a1 := w.put("batch", []byte("a1"))
+	a2 := w.put("batch", []byte("a2"))
+	a3 := w.put("batch", []byte("a3"))
+	w.send(testenv.S3Body(a3, a1, a2))
+	waitFor(t, 30*time.Second, "batch replicated", func() bool {
+		vs, _ := w.destVersions("batch")
+		done := d.metric("s3replicad_superseded_total", "rule", "all") + d.metric("s3replicad_replicated_objects_total", "rule", "all")
+		return done == 6 && len(vs) >= 1
+	})
+	if body, _ := w.getDest("batch", ""); string(body) != "a3" {
+		t.Fatalf("current version of batch is %q, want a3", body)
+	}
+	vs, _ := w.destVersions("batch")
+	superseded := d.metric("s3replicad_superseded_total", "rule", "all") - 2
+	if len(vs)+int(superseded) != 3 {
+		t.Fatalf("batch: %d destination versions + %v superseded, want 3 in all", len(vs), superseded)
+	}
+	d.stop()
+}
+
+func TestDeleteMarkersAndVersionDeletes(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{rules: `
+  - id: markers-on
+    priority: 2
+    source_bucket: %[1]s
+    filter: {prefix: "on/"}
+    destination: dr
+    destination_bucket: %[2]s
+    replicate_delete_markers: true
+  - id: markers-off
+    priority: 1
+    source_bucket: %[1]s
+    filter: {prefix: "off/"}
+    destination: dr
+    destination_bucket: %[2]s
+`})
+	d := w.start()
+	on := w.put("on/file", []byte("on"))
+	off := w.put("off/file", []byte("off"))
+	must(t, w.pub.SendEvents(w.ctx, on, off))
+	w.waitReplicated("on/file", on.VersionID, 30*time.Second)
+	w.waitReplicated("off/file", off.VersionID, 30*time.Second)
+
+	dmOn, err := w.pub.DeleteMarker(w.ctx, w.src, w.srcBucket, "on/file")
+	must(t, err)
+	dmOff, err := w.pub.DeleteMarker(w.ctx, w.src, w.srcBucket, "off/file")
+	must(t, err)
+	// Delivered through EventBridge and SNS as well as plain S3 bodies.
+	w.send(testenv.EventBridgeBody(dmOn), testenv.SNSBody(testenv.S3Body(dmOff)))
+	waitFor(t, 30*time.Second, "delete marker on the destination", func() bool {
+		_, markers := w.destVersions("on/file")
+		return len(markers) == 1 && aws.ToBool(markers[0].IsLatest)
+	})
+	waitFor(t, 30*time.Second, "delete marker counted as not replicated", func() bool {
+		return d.metric("s3replicad_deletes_not_replicated_total", "rule", "markers-off") == 1
+	})
+	if vs, markers := w.destVersions("off/file"); len(markers) != 0 || len(vs) != 1 {
+		t.Fatalf("off/file: %d versions, %d markers; the marker must not be replicated", len(vs), len(markers))
+	}
+	if vs, _ := w.destVersions("on/file"); len(vs) != 1 {
+		t.Fatalf("on/file lost its version: a delete marker must never delete a version")
+	}
+
+	// A permanent version delete on the source is never propagated.
+	keep := w.put("on/keep", []byte("keep me"))
+	must(t, w.pub.SendEvents(w.ctx, keep))
+	w.waitReplicated("on/keep", keep.VersionID, 30*time.Second)
+	del, err := w.pub.DeleteVersion(w.ctx, w.src, w.srcBucket, "on/keep", keep.VersionID)
+	must(t, err)
+	must(t, w.pub.SendEvents(w.ctx, del))
+	waitFor(t, 30*time.Second, "version delete counted", func() bool {
+		return d.metric("s3replicad_deletes_not_replicated_total", "rule", "markers-on") == 1
+	})
+	vs, markers := w.destVersions("on/keep")
+	if len(vs) != 1 || len(markers) != 0 {
+		t.Fatalf("on/keep: %d versions and %d markers after a source version delete, want 1 and 0", len(vs), len(markers))
+	}
+	if body, _ := w.getDest("on/keep", ""); string(body) != "keep me" {
+		t.Fatalf("on/keep holds %q", body)
+	}
+	d.stop()
+}
+
+func TestVersionGoneBeforeCopyIsSkipped(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{})
+	d := w.start()
+	gone := w.put("gone", []byte("short-lived"))
+	_, err := w.src.DeleteObject(w.ctx, &s3.DeleteObjectInput{Bucket: &w.srcBucket, Key: aws.String("gone"), VersionId: &gone.VersionID})
+	must(t, err)
+	after := w.put("after", []byte("still replicated"))
+	must(t, w.pub.SendEvents(w.ctx, gone, after))
+	w.waitReplicated("after", after.VersionID, 30*time.Second)
+	waitFor(t, 30*time.Second, "skipped", func() bool { return w.status().Counts["skipped"] == 1 })
+	if vs, _ := w.destVersions("gone"); len(vs) != 0 {
+		t.Fatalf("a version that no longer exists was written: %d versions", len(vs))
+	}
+	if d.metric("s3replicad_operations_failed_total", "reason", "source_missing") != 1 {
+		t.Errorf("failed_total{reason=source_missing} not counted")
+	}
+	d.stop()
+}
+
+func TestPrefixAndTagFilters(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{rules: `
+  - id: logs
+    priority: 1
+    source_bucket: %[1]s
+    filter: {prefix: "logs/"}
+    destination: dr
+    destination_bucket: %[2]s
+    destination_prefix: "copy/"
+  - id: tagged
+    priority: 2
+    source_bucket: %[1]s
+    filter:
+      tags: {replicate: "yes"}
+    destination: dr
+    destination_bucket: %[2]s
+`})
+	d := w.start()
+	logsEv := w.put("logs/a.log", []byte("log"))
+	tagged := w.put("data/tagged", []byte("t"), func(in *s3.PutObjectInput) { in.Tagging = aws.String("replicate=yes") })
+	untagged := w.put("data/untagged", []byte("u"), func(in *s3.PutObjectInput) { in.Tagging = aws.String("replicate=no") })
+	other := w.put("other/x", []byte("x"))
+	must(t, w.pub.SendEvents(w.ctx, logsEv, tagged, untagged, other))
+	waitFor(t, 30*time.Second, "filtered replication", func() bool {
+		return d.metric("s3replicad_replicated_objects_total") == 2
+	})
+	if body, _ := w.getDest("copy/logs/a.log", ""); string(body) != "log" {
+		t.Fatalf("prefix rule with destination_prefix wrote %q", body)
+	}
+	if body, _ := w.getDest("data/tagged", ""); string(body) != "t" {
+		t.Fatalf("tag rule wrote %q", body)
+	}
+	time.Sleep(1500 * time.Millisecond) // a poll period: nothing else may arrive
+	for _, k := range []string{"data/untagged", "other/x", "logs/a.log"} {
+		if vs, _ := w.destVersions(k); len(vs) != 0 {
+			t.Errorf("%s was replicated but no rule selects it there", k)
+		}
+	}
+	if got := d.metric("s3replicad_replicated_objects_total", "rule", "logs"); got != 1 {
+		t.Errorf("rule logs replicated %v", got)
+	}
+	d.stop()
+}
+
+func TestTestEventsAndMalformedMessages(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{maxReceives: 2})
+	d := w.start()
+	good := w.put("good", []byte("good"))
+	w.send(
+		"this is not json",
+		`{"Records":[{"eventVersion":"2.1","eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"b"},"object":{}}}]}`,
+		`{"unknown":"shape"}`,
+		testenv.TestEventBody(w.srcBucket),
+		testenv.S3Body(good),
+	)
+	w.waitReplicated("good", good.VersionID, 30*time.Second)
+	waitFor(t, 30*time.Second, "test event counted", func() bool {
+		return d.metric("s3replicad_events_received_total", "kind", "test") == 1
+	})
+	waitFor(t, 60*time.Second, "malformed messages moved to the DLQ", func() bool {
+		return d.metric("s3replicad_events_received_total", "kind", "malformed") >= 3
+	})
+	// They are left to the redrive policy, never deleted by the daemon:
+	// after maxReceiveCount they are in the dead-letter queue.
+	dlq := w.queueURL + "-dlq"
+	waitFor(t, 60*time.Second, "3 messages in the DLQ", func() bool {
+		attrs, err := w.pub.Client.GetQueueAttributes(w.ctx, &sqsAttrsInput{QueueUrl: &dlq, AttributeNames: allAttrs})
+		if err != nil {
+			return false
+		}
+		return attrs.Attributes["ApproximateNumberOfMessages"] == "3"
+	})
+	// Still alive and replicating.
+	later := w.put("later", []byte("later"))
+	must(t, w.pub.SendEvents(w.ctx, later))
+	w.waitReplicated("later", later.VersionID, 30*time.Second)
+	d.stop()
+}
