@@ -1,0 +1,40 @@
+# s3replicad: build, test, demo, benchmark, install.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+GO      ?= go
+
+.PHONY: build test testenv unit e2e fuzz demo bench install lint clean
+
+build:
+	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/s3replicad ./cmd/s3replicad
+
+# Installs the local S3/SQS servers on first use, then runs every test
+# (unit, integration against the real servers, deploy checks).
+test: testenv
+	$(GO) vet ./...
+	CI=$${CI:-} $(GO) test -count=1 -timeout 12m ./...
+	./scripts/check-deploy.sh
+
+testenv:
+	./scripts/testenv.sh
+
+fuzz:
+	$(GO) test ./engine/event -run '^$$' -fuzz FuzzDecode -fuzztime 60s
+
+demo: testenv build
+	$(GO) run ./internal/demo
+
+bench: testenv build
+	./scripts/bench.sh
+
+install: build
+	install -D -m 0755 bin/s3replicad $(DESTDIR)$(PREFIX)/bin/s3replicad
+	install -D -m 0644 deploy/systemd/s3replicad.service $(DESTDIR)/etc/systemd/system/s3replicad.service
+	sed -i 's#/usr/local/bin/s3replicad#$(PREFIX)/bin/s3replicad#' $(DESTDIR)/etc/systemd/system/s3replicad.service
+	@if [ ! -e $(DESTDIR)/etc/s3replicad/config.yaml ]; then \
+		install -D -m 0640 deploy/config.example.yaml $(DESTDIR)/etc/s3replicad/config.yaml; \
+	else echo "keeping existing $(DESTDIR)/etc/s3replicad/config.yaml"; fi
+
+clean:
+	rm -rf bin
