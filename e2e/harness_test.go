@@ -316,19 +316,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 // cli runs a subcommand and returns stdout, stderr and the exit code.
 func (w *world) cli(args ...string) (string, string, int) {
 	w.t.Helper()
-	cmd := exec.Command(binary, append(args[:1:1], append([]string{"-config", w.configPath}, args[1:]...)...)...)
-	cmd.Env = cliEnv()
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		w.t.Fatal(err)
-	}
-	return out.String(), errb.String(), code
+	return w.cliEnv(w.configPath, cliEnv(), args...)
 }
 
 // destVersions lists the destination's versions of key (newest first).
@@ -408,3 +396,25 @@ func (w *world) send(bodies ...string) {
 type sqsAttrsInput = sqs.GetQueueAttributesInput
 
 var allAttrs = []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameAll}
+
+// cliWith runs a subcommand against another config file.
+func (w *world) cliWith(configPath string, args ...string) (string, string, int) {
+	return w.cliEnv(configPath, cliEnv(), args...)
+}
+
+// cliEnv runs a subcommand with a given environment.
+func (w *world) cliEnv(configPath string, environ []string, args ...string) (string, string, int) {
+	w.t.Helper()
+	cmd := exec.Command(binary, append(args[:1:1], append([]string{"-config", configPath}, args[1:]...)...)...)
+	cmd.Env = environ
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return out.String(), errb.String(), ee.ExitCode()
+	} else if err != nil {
+		w.t.Fatal(err)
+	}
+	return out.String(), errb.String(), 0
+}

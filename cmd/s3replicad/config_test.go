@@ -1,0 +1,140 @@
+package main
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+const baseConfig = `state_dir: /tmp/s3r
+queue:
+  url: https://sqs.us-east-1.amazonaws.com/123456789012/s3-events
+destinations:
+  - name: dr
+    endpoint: https://s3.example.net:9000
+    access_key_id: ${AK}
+    secret_access_key: ${SK}
+rules:
+  - id: all
+    source_bucket: src
+    destination: dr
+    destination_bucket: dst
+`
+
+func env(vars map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := vars[k]; return v, ok }
+}
+
+var goodEnv = env(map[string]string{"AK": "AKID", "SK": "s3cr3t"})
+
+func TestConfigDefaultsAndExpansion(t *testing.T) {
+	cfg, err := ParseConfig("c.yaml", []byte(baseConfig), goodEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != "127.0.0.1:9464" || cfg.ShutdownTimeout.D() != 30*time.Second || cfg.Queue.WaitTime.D() != 20*time.Second ||
+		cfg.Transfer.Workers != 16 || cfg.Transfer.PartSize != 16<<20 || cfg.Transfer.MultipartThreshold != 32<<20 ||
+		cfg.Transfer.PartConcurrency != 8 || !*cfg.Rules[0].Enabled {
+		t.Fatalf("defaults not applied: %+v", cfg)
+	}
+	d := cfg.Destinations[0]
+	if d.AccessKeyID != "AKID" || d.SecretAccessKey.Reveal() != "s3cr3t" {
+		t.Fatalf("variables not expanded: %+v", d)
+	}
+	if s := d.SecretAccessKey.String(); strings.Contains(s, "s3cr3t") {
+		t.Fatalf("secret prints as %q", s)
+	}
+}
+
+func TestConfigErrorsNameKeyAndLine(t *testing.T) {
+	cases := []struct {
+		name, edit, want string
+	}{
+		{"unknown top-level key", "stat_dir: x\n", `line 14: unknown key "stat_dir" at the top level`},
+		{"unknown nested key", strings.Replace(baseConfig, "  - id: all\n", "  - id: all\n    prefix: x\n", 1), `line 11: unknown key "prefix" in rules[0]`},
+		{"bad duration", "shutdown_timeout: soon\n", `line 14: "soon" is not a duration`},
+		{"bad size", "transfer: {part_size: 16 parsecs}\n", `unknown unit "parsecs"`},
+		{"small part", "transfer: {part_size: 1MiB}\n", "transfer.part_size: must be between 5MiB and 5GiB"},
+		{"unknown destination", strings.Replace(baseConfig, "destination: dr", "destination: drr", 1), `line 12: rules[0].destination: "drr" is not the name of a destination`},
+		{"bad log format", "log: {format: xml}\n", `log.format: "xml" is not text or json`},
+		{"wrong type", "transfer: {workers: many}\n", "line 14: cannot unmarshal !!str `many` into int"},
+		{"unset variable", strings.Replace(baseConfig, "${SK}", "${NOPE}", 1), "line 8: destinations[0].secret_access_key: environment variable NOPE is not set"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			raw := c.edit
+			if !strings.HasPrefix(raw, "state_dir") {
+				raw = baseConfig + raw
+			}
+			_, err := ParseConfig("c.yaml", []byte(raw), goodEnv)
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				t.Fatalf("err = %v, want a ConfigError", err)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %q does not contain %q", err, c.want)
+			}
+			if strings.Contains(err.Error(), "s3cr3t") {
+				t.Fatal("error reveals a secret")
+			}
+		})
+	}
+}
+
+func TestSamePriorityConflict(t *testing.T) {
+	raw := baseConfig + `  - id: second
+    source_bucket: src
+    destination: dr
+    destination_bucket: dst
+`
+	_, err := ParseConfig("c.yaml", []byte(raw), goodEnv)
+	if err == nil || !strings.Contains(err.Error(), "same priority") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"16MiB": 16 << 20, "1GiB": 1 << 30, "512": 512, "5 MiB": 5 << 20, "1MB": 1000000, "64KiB": 64 << 10} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "MiB", "-1", "1.5GiB", "10 potatoes"} {
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) accepted", in)
+		}
+	}
+}
+
+func TestPolicyActions(t *testing.T) {
+	cfg, err := ParseConfig("c.yaml", []byte(baseConfig), goodEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := buildPolicy(cfg)
+	got := map[string]bool{}
+	for _, s := range doc.Statement {
+		for _, a := range s.Action {
+			got[a] = true
+		}
+		for _, r := range s.Resource {
+			if r == "*" {
+				t.Errorf("statement %s grants on *", s.Sid)
+			}
+		}
+	}
+	want := []string{"s3:GetObjectVersion", "s3:GetObjectVersionTagging", "s3:ListBucketVersions", "s3:GetBucketVersioning",
+		"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"}
+	for _, a := range want {
+		if !got[a] {
+			t.Errorf("policy lacks %s", a)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("policy has %d actions, want exactly %d: %v", len(got), len(want), got)
+	}
+	if arn := queueARN(cfg.Queue.URL, ""); arn != "arn:aws:sqs:us-east-1:123456789012:s3-events" {
+		t.Errorf("queue ARN %s", arn)
+	}
+}
