@@ -19,6 +19,7 @@ type Status struct {
 	Rules            map[string]RuleStatus  `json:"rules"`
 	Failed           []FailedItem           `json:"failed"`
 	Uploads          int                    `json:"multipart_uploads_in_progress"`
+	BackfillPending  int64                  `json:"backfill_pending"`
 	Backfill         map[string]Cursor      `json:"backfill,omitempty"`
 	GeneratedAt      time.Time              `json:"generated_at"`
 	DaemonRunning    bool                   `json:"daemon_running"`
@@ -65,6 +66,9 @@ func (s *Store) Status(now time.Time) (*Status, error) {
 		}
 		rs.Counts[op.State]++
 		if op.State == engine.Pending || op.State == engine.InFlight {
+			if op.Origin == engine.OriginBackfill {
+				st.BackfillPending++
+			}
 			if op.Size > 0 {
 				st.BytesPending += op.Size
 				rs.BytesPending += op.Size

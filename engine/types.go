@@ -64,6 +64,10 @@ type Op struct {
 	Dest       string `json:"dest"`
 	DestBucket string `json:"dest_bucket"`
 	DestKey    string `json:"dest_key"`
+	// Pass distinguishes a deliberate second copy of a version (backfill
+	// repairing a replica deleted or overwritten on the destination) from
+	// the op that copied it first.
+	Pass string `json:"pass,omitempty"`
 
 	EventTime time.Time `json:"event_time,omitempty"`
 	Recorded  time.Time `json:"recorded"`
@@ -82,7 +86,13 @@ type Op struct {
 }
 
 // ID identifies an op: one per rule and source version.
-func (o *Op) ID() string { return OpID(o.Rule, o.Bucket, o.Key, o.VersionID) }
+func (o *Op) ID() string {
+	id := OpID(o.Rule, o.Bucket, o.Key, o.VersionID)
+	if o.Pass != "" {
+		id += "\x00" + o.Pass
+	}
+	return id
+}
 
 // OpID builds the identifier of the op for a rule and a source version.
 func OpID(rule, bucket, key, version string) string {
