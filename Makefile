@@ -4,7 +4,7 @@ DESTDIR ?=
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO      ?= go
 
-.PHONY: build test testenv unit e2e fuzz demo bench install lint clean
+.PHONY: build test testenv fuzz demo install clean
 
 build:
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/s3replicad ./cmd/s3replicad
@@ -24,9 +24,6 @@ fuzz:
 
 demo: testenv build
 	$(GO) run ./internal/demo
-
-bench: testenv build
-	./scripts/bench.sh
 
 install: build
 	install -D -m 0755 bin/s3replicad $(DESTDIR)$(PREFIX)/bin/s3replicad

@@ -418,3 +418,20 @@ func (w *world) cliEnv(configPath string, environ []string, args ...string) (str
 	}
 	return out.String(), errb.String(), 0
 }
+
+// hasSeries reports whether /metrics has a sample of name (with the label
+// pair, when given).
+func (d *daemon) hasSeries(name, label, value string) bool {
+	d.t.Helper()
+	resp, err := http.Get("http://" + d.listen + "/metrics")
+	must(d.t, err)
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if (strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ")) &&
+			(label == "" || strings.Contains(line, fmt.Sprintf(`%s="%s"`, label, value))) {
+			return true
+		}
+	}
+	return false
+}

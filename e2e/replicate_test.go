@@ -23,6 +23,24 @@ func TestReplicatesVersionsWithMetadataAndAwkwardKeys(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, worldOpts{})
 	d := w.start()
+	// Every family of the contract is exported from start-up, at zero.
+	for _, f := range []struct{ name, label, value string }{
+		{"s3replicad_events_received_total", "kind", "malformed"},
+		{"s3replicad_replicated_objects_total", "rule", "all"},
+		{"s3replicad_replicated_bytes_total", "rule", "all"},
+		{"s3replicad_operations_pending", "rule", "all"},
+		{"s3replicad_bytes_pending", "rule", "all"},
+		{"s3replicad_operations_failed_total", "reason", "access_denied"},
+		{"s3replicad_replication_latency_seconds_count", "rule", "all"},
+		{"s3replicad_deletes_not_replicated_total", "rule", "all"},
+		{"s3replicad_oldest_pending_seconds", "", ""},
+		{"go_goroutines", "", ""},
+		{"process_resident_memory_bytes", "", ""},
+	} {
+		if !d.hasSeries(f.name, f.label, f.value) {
+			t.Errorf("metric %s{%s=%q} is not exported at start-up", f.name, f.label, f.value)
+		}
+	}
 
 	keys := []string{
 		"plain.txt", "with space.txt", "plus+sign.txt", "percent%25.txt", "equals=and&amp.txt",
