@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -50,10 +49,8 @@ type Engine struct {
 	sched   *scheduler
 	buffers *bufferPool
 
-	ready      atomic.Bool
-	loaded     chan struct{}
-	mu         sync.Mutex
-	lastPollOK time.Time
+	ready  atomic.Bool
+	loaded chan struct{}
 }
 
 // New validates cfg and builds an Engine.
@@ -396,7 +393,7 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 	rule, ok := e.rules.ByID(op.Rule)
 	dest := e.cfg.Destinations[op.Dest]
 	if !ok || dest == nil {
-		e.finish(ctx, op, Skipped, "rule or destination no longer in the configuration", nil)
+		e.finish(ctx, op, Skipped, "rule or destination no longer in the configuration")
 		return
 	}
 	// Never regress: a version older than what the key already holds is
@@ -410,10 +407,10 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 		if ok && last.Sequencer != "" {
 			switch c := event.CompareSequencer(op.Sequencer, last.Sequencer); {
 			case c < 0:
-				e.finish(ctx, op, Superseded, "a newer version ("+last.VersionID+") was already written", nil)
+				e.finish(ctx, op, Superseded, "a newer version ("+last.VersionID+") was already written")
 				return
 			case c == 0 && last.VersionID == op.VersionID:
-				e.finish(ctx, op, Completed, "", nil)
+				e.finish(ctx, op, Completed, "")
 				return
 			}
 		}
@@ -429,12 +426,12 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 		switch class, reason := Classify(err); class {
 		case Gone:
 			e.m.failed.WithLabelValues(op.Rule, ReasonSourceMissing).Inc()
-			e.finish(ctx, op, Skipped, "source version no longer exists: "+err.Error(), nil)
+			e.finish(ctx, op, Skipped, "source version no longer exists: "+err.Error())
 		case Permanent:
 			e.m.failed.WithLabelValues(op.Rule, reason).Inc()
 			op.LastError = err.Error()
 			log.Error("replication failed permanently; fix the cause, then run `s3replicad retry`", "reason", reason, "err", err)
-			e.finish(ctx, op, Failed, reason, nil)
+			e.finish(ctx, op, Failed, reason)
 		default:
 			e.m.failed.WithLabelValues(op.Rule, reason).Inc()
 			e.retryLater(ctx, op, err, log)
@@ -442,11 +439,11 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 		return
 	}
 	op.Replica = replica
-	e.finish(ctx, op, Completed, "", nil)
+	e.finish(ctx, op, Completed, "")
 }
 
 // finish records a terminal state and releases the op's key.
-func (e *Engine) finish(ctx context.Context, op *Op, s State, reason string, _ error) {
+func (e *Engine) finish(ctx context.Context, op *Op, s State, reason string) {
 	now := time.Now()
 	prev := op.State
 	op.State, op.Reason, op.Finished = s, reason, now
