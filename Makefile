@@ -4,7 +4,7 @@ DESTDIR ?=
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO      ?= go
 
-.PHONY: build test testenv fuzz demo install clean
+.PHONY: build test testenv fuzz demo bench install clean
 
 build:
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/s3replicad ./cmd/s3replicad
@@ -24,6 +24,11 @@ fuzz:
 
 demo: testenv build
 	$(GO) run ./internal/demo
+
+# s3replicad against rclone between the local servers; see README.
+# BENCHFLAGS passes options, e.g. BENCHFLAGS='-rounds 5 -memcheck-size 0'.
+bench: testenv build
+	$(GO) run ./internal/bench $(BENCHFLAGS)
 
 install: build
 	install -D -m 0755 bin/s3replicad $(DESTDIR)$(PREFIX)/bin/s3replicad

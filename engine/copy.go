@@ -62,7 +62,11 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 		return e.copyMultipart(ctx, rule, dest, op)
 	}
 	e.learnSize(op, obj.Size)
-	buf := e.buffers.get(obj.Size)
+	buf, err := e.buffers.get(ctx, obj.Size)
+	if err != nil {
+		obj.Body.Close()
+		return "", err
+	}
 	defer e.buffers.put(buf)
 	n, err := io.ReadFull(obj.Body, buf)
 	obj.Body.Close()
@@ -274,7 +278,10 @@ func (e *Engine) uploadParts(ctx context.Context, dest Destination, op *Op, up *
 			first := int64(n-1) * up.PartSize
 			last := min(first+up.PartSize, up.Size) - 1
 			size := last - first + 1
-			buf := e.buffers.get(size)
+			buf, err := e.buffers.get(gctx, size)
+			if err != nil {
+				return err
+			}
 			defer e.buffers.put(buf)
 			if size > 0 {
 				obj, err := e.cfg.Source.Get(gctx, op.Bucket, op.Key, op.VersionID, &ByteRange{first, last})
@@ -313,24 +320,4 @@ func (e *Engine) uploadParts(ctx context.Context, dest Destination, op *Op, up *
 		return errors.New("multipart copy incomplete")
 	}
 	return nil
-}
-
-// bufferPool recycles copy buffers so that memory stays at what is in
-// flight, whatever the object sizes.
-type bufferPool struct{ p sync.Pool }
-
-func newBufferPool() *bufferPool { return &bufferPool{} }
-
-func (b *bufferPool) get(n int64) []byte {
-	if v, ok := b.p.Get().(*[]byte); ok && int64(cap(*v)) >= n {
-		return (*v)[:n]
-	}
-	return make([]byte, n)
-}
-
-func (b *bufferPool) put(buf []byte) {
-	if cap(buf) == 0 {
-		return
-	}
-	b.p.Put(&buf)
 }

@@ -28,7 +28,10 @@ type Config struct {
 	PartSize           int64
 	PartConcurrency    int
 	MultipartThreshold int64
-	VisibilityTimeout  time.Duration
+	// BufferMemory bounds the bytes held in copy buffers (objects copied
+	// in one PUT and parts); 0 means two parts per part slot.
+	BufferMemory      int64
+	VisibilityTimeout time.Duration
 	// DrainTimeout bounds how long copies already running may go on after
 	// the context ends (graceful shutdown); 0 stops them at once.
 	DrainTimeout time.Duration
@@ -78,6 +81,9 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.MultipartThreshold <= 0 {
 		cfg.MultipartThreshold = 32 << 20
 	}
+	if cfg.BufferMemory <= 0 {
+		cfg.BufferMemory = 2 * int64(cfg.PartConcurrency) * cfg.PartSize
+	}
 	if cfg.VisibilityTimeout <= 0 {
 		cfg.VisibilityTimeout = 5 * time.Minute
 	}
@@ -100,7 +106,7 @@ func New(cfg Config) (*Engine, error) {
 		sched:  newScheduler(),
 		loaded: make(chan struct{}),
 	}
-	e.buffers = newBufferPool()
+	e.buffers = newBufferPool(e.cfg.BufferMemory)
 	e.m = newMetrics(cfg.Registerer, e.rules, func() float64 {
 		if t, ok := e.sched.Oldest(); ok {
 			return time.Since(t).Seconds()

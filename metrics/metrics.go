@@ -1,6 +1,6 @@
 // Package metrics owns the process's private Prometheus registry and the
-// HTTP server that exposes /metrics, /healthz, /readyz and the local admin
-// endpoints.
+// HTTP server that exposes /metrics, /healthz, /readyz, and the local admin
+// and profiling endpoints.
 package metrics
 
 import (
@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,6 +56,10 @@ func NewServer(addr string, reg *prometheus.Registry, ready func() bool, admin h
 	if admin != nil {
 		mux.Handle("/admin/", loopbackOnly(admin))
 	}
+	// Profiles for diagnosing a slow or hungry daemon, loopback only.
+	mux.Handle("/debug/pprof/", loopbackOnly(http.HandlerFunc(pprof.Index)))
+	mux.Handle("/debug/pprof/profile", loopbackOnly(http.HandlerFunc(pprof.Profile)))
+	mux.Handle("/debug/pprof/trace", loopbackOnly(http.HandlerFunc(pprof.Trace)))
 	return &Server{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
 }
 

@@ -74,6 +74,13 @@ type EndpointConfig struct {
 type DestConfig struct {
 	Name           string `yaml:"name"`
 	EndpointConfig `yaml:",inline"`
+	// Integrity is how each write proves its bytes: crc32c (default) or md5.
+	Integrity string `yaml:"integrity"`
+	// ServerSideCopy: auto (default) copies inside the store when the
+	// destination is the source's endpoint; off never does.
+	ServerSideCopy string `yaml:"server_side_copy"`
+	// BandwidthLimit caps bytes per second written to the destination.
+	BandwidthLimit Rate `yaml:"bandwidth_limit"`
 }
 
 // RuleConfig is one replication rule.
@@ -102,6 +109,8 @@ type TransferConfig struct {
 	PartSize           Size `yaml:"part_size"`
 	PartConcurrency    int  `yaml:"part_concurrency"`
 	MultipartThreshold Size `yaml:"multipart_threshold"`
+	// BufferMemory bounds the memory held by copy buffers.
+	BufferMemory Size `yaml:"buffer_memory"`
 }
 
 // RetentionConfig bounds how long finished operations stay in the state file.
@@ -162,6 +171,19 @@ func (s *Size) UnmarshalYAML(n *yaml.Node) error {
 		return fmt.Errorf("line %d: %v", n.Line, err)
 	}
 	*s = Size(v)
+	return nil
+}
+
+// Rate is bytes per second in YAML: 50MiB, 50MiB/s, 1GB/s. 0 is unlimited.
+type Rate int64
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (r *Rate) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseSize(strings.TrimSuffix(strings.TrimSpace(n.Value), "/s"))
+	if err != nil {
+		return fmt.Errorf("line %d: %v per second", n.Line, err)
+	}
+	*r = Rate(v)
 	return nil
 }
 
@@ -405,6 +427,18 @@ func (c *Config) applyDefaults() {
 	if c.Transfer.MultipartThreshold == 0 {
 		c.Transfer.MultipartThreshold = 32 << 20
 	}
+	if c.Transfer.BufferMemory == 0 {
+		c.Transfer.BufferMemory = 2 * Size(c.Transfer.PartConcurrency) * c.Transfer.PartSize
+	}
+	for i := range c.Destinations {
+		d := &c.Destinations[i]
+		if d.Integrity == "" {
+			d.Integrity = s3store.IntegrityCRC32C
+		}
+		if d.ServerSideCopy == "" {
+			d.ServerSideCopy = "auto"
+		}
+	}
 	if c.Retention.Finished == 0 {
 		c.Retention.Finished = Duration(14 * 24 * time.Hour)
 	}
@@ -481,6 +515,15 @@ func (c *Config) validate() []string {
 		}
 		names[d.Name] = true
 		checkEndpoint(path, d.EndpointConfig)
+		if d.Integrity != s3store.IntegrityCRC32C && d.Integrity != s3store.IntegrityMD5 {
+			add(path+".integrity", "%q is not crc32c or md5", d.Integrity)
+		}
+		if d.ServerSideCopy != "auto" && d.ServerSideCopy != "off" {
+			add(path+".server_side_copy", "%q is not auto or off", d.ServerSideCopy)
+		}
+		if d.BandwidthLimit < 0 || d.BandwidthLimit > 0 && d.BandwidthLimit < 64<<10 {
+			add(path+".bandwidth_limit", "must be 0 (unlimited) or at least 64KiB/s")
+		}
 	}
 	if len(c.Rules) == 0 {
 		add("rules", "at least one rule is required")
@@ -532,6 +575,11 @@ func (c *Config) validate() []string {
 	if t.MultipartThreshold < 0 || t.MultipartThreshold > 5<<30 {
 		add("transfer.multipart_threshold", "must be between 0 and 5GiB (the largest single PUT)")
 	}
+	if t.BufferMemory < t.PartSize {
+		add("transfer.buffer_memory", "must be at least transfer.part_size (%s); the default is 2 x part_concurrency x part_size", humanBytes(int64(t.PartSize)))
+	} else if t.BufferMemory > 64<<30 {
+		add("transfer.buffer_memory", "must be at most 64GiB")
+	}
 	if c.Retention.Finished < Duration(time.Hour) {
 		add("retention.finished", "must be at least 1h")
 	}
@@ -564,6 +612,12 @@ func (c *Config) SelectRules(id string) ([]engine.Rule, error) {
 		}
 	}
 	return nil, &usageError{fmt.Sprintf("no rule with id %q in %s", id, c.path)}
+}
+
+func (d DestConfig) storeConfig(maxConns int) s3store.Config {
+	c := d.EndpointConfig.storeConfig(maxConns)
+	c.Integrity = d.Integrity
+	return c
 }
 
 func (e EndpointConfig) storeConfig(maxConns int) s3store.Config {

@@ -44,6 +44,7 @@ type Env struct {
 
 	dir   string
 	procs []*exec.Cmd
+	names []string // of procs: src, dst, plain, sqs
 	mu    sync.Mutex
 }
 
@@ -150,7 +151,7 @@ func (e *Env) startS3(bin, name string, versioning bool) (string, error) {
 	if err := cmd.Start(); err != nil {
 		return "", fmt.Errorf("start versitygw: %w", err)
 	}
-	e.track(cmd)
+	e.track(name, cmd)
 	url := "http://" + addr
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
@@ -186,7 +187,7 @@ func (e *Env) startSQS(script string) (string, error) {
 	if err := cmd.Start(); err != nil {
 		return "", fmt.Errorf("start local SQS: %w", err)
 	}
-	e.track(cmd)
+	e.track("sqs", cmd)
 	ready := make(chan bool, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -210,9 +211,10 @@ func (e *Env) startSQS(script string) (string, error) {
 	return fmt.Sprintf("http://127.0.0.1:%d", port), nil
 }
 
-func (e *Env) track(cmd *exec.Cmd) {
+func (e *Env) track(name string, cmd *exec.Cmd) {
 	e.mu.Lock()
 	e.procs = append(e.procs, cmd)
+	e.names = append(e.names, name)
 	e.mu.Unlock()
 }
 
@@ -233,7 +235,7 @@ func (e *Env) Close() {
 			<-done
 		}
 	}
-	e.procs = nil
+	e.procs, e.names = nil, nil
 }
 
 // S3 returns a client for an endpoint of this environment.
@@ -296,4 +298,29 @@ func (e *Env) CreateQueue(ctx context.Context, name string, maxReceives int) (st
 		return "", fmt.Errorf("create queue: %w", err)
 	}
 	return aws.ToString(q.QueueUrl), nil
+}
+
+// CPU returns the CPU time each server has used so far, by name (src, dst,
+// plain, sqs), so that a benchmark can tell the load a copier puts on
+// them. Linux only: empty elsewhere.
+func (e *Env) CPU() map[string]time.Duration {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := map[string]time.Duration{}
+	for i, p := range e.procs {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Process.Pid))
+		if err != nil {
+			continue
+		}
+		// After the parenthesised command, utime and stime are the 12th
+		// and 13th fields, in USER_HZ (100 on Linux).
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) > 12 {
+			var u, s int64
+			fmt.Sscan(f[11], &u)
+			fmt.Sscan(f[12], &s)
+			out[e.names[i]] = time.Duration(u+s) * 10 * time.Millisecond
+		}
+	}
+	return out
 }

@@ -1,0 +1,733 @@
+// Command bench measures s3replicad against rclone between the same two
+// local S3 servers, in alternating rounds, and prints per workload the
+// wall time, objects/s, MB/s, CPU seconds and peak RSS of each tool and
+// the ratios of their medians. It then compares s3replicad's peak RSS
+// while copying a large object with that for a 128 MiB one.
+//
+// Run it with `make bench`; it needs the servers of scripts/testenv.sh,
+// rclone on PATH and bin/s3replicad.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/s3replicad/s3replicad/internal/testenv"
+)
+
+const (
+	kib = 1 << 10
+	mib = 1 << 20
+)
+
+type options struct {
+	rounds    int
+	w1Count   int
+	w1Size    int64
+	w2Count   int
+	w2Size    int64
+	bigSize   int64
+	transfer  string
+	workDir   string
+	keep      bool
+	skipRC    bool
+	workloads string
+	profile   string
+}
+
+func main() {
+	var o options
+	var w1Size, w2Size, bigSize string
+	flag.IntVar(&o.rounds, "rounds", 3, "alternating rounds per workload (the median is reported)")
+	flag.IntVar(&o.w1Count, "w1-count", 2000, "objects in W1 (many small objects)")
+	flag.StringVar(&w1Size, "w1-size", "64KiB", "size of each W1 object")
+	flag.IntVar(&o.w2Count, "w2-count", 8, "objects in W2 (few large objects)")
+	flag.StringVar(&w2Size, "w2-size", "128MiB", "size of each W2 object")
+	flag.StringVar(&bigSize, "memcheck-size", "2GiB", "object size of the memory check (0 skips it)")
+	flag.StringVar(&o.transfer, "transfer", "", "extra YAML under transfer: for s3replicad, e.g. '{workers: 32}'")
+	flag.StringVar(&o.workDir, "dir", "", "where the servers keep their data (default: a temporary directory)")
+	flag.BoolVar(&o.keep, "keep", false, "keep the data directory afterwards")
+	flag.BoolVar(&o.skipRC, "no-rclone", false, "measure s3replicad alone")
+	flag.StringVar(&o.workloads, "workloads", "w1,w2", "workloads to run")
+	flag.StringVar(&o.profile, "cpuprofile", "", "save a CPU profile of each s3replicad run's first seconds under this prefix")
+	flag.Parse()
+	var err error
+	for _, p := range []struct {
+		s string
+		v *int64
+	}{{w1Size, &o.w1Size}, {w2Size, &o.w2Size}, {bigSize, &o.bigSize}} {
+		if *p.v, err = parseSize(p.s); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(2)
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func parseSize(s string) (int64, error) {
+	var n int64
+	var unit string
+	if _, err := fmt.Sscanf(s, "%d%s", &n, &unit); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return 0, fmt.Errorf("bad size %q", s)
+	}
+	switch strings.ToLower(unit) {
+	case "", "b":
+		return n, nil
+	case "kib", "k":
+		return n * kib, nil
+	case "mib", "m":
+		return n * mib, nil
+	case "gib", "g":
+		return n << 30, nil
+	}
+	return 0, fmt.Errorf("bad size unit in %q (use KiB, MiB or GiB)", s)
+}
+
+// workload is a set of source object versions and their events.
+type workload struct {
+	name   string
+	prefix string
+	events []testenv.Event
+	bytes  int64
+}
+
+// measurement is one tool's run over one workload.
+type measurement struct {
+	wall      time.Duration
+	cpu       time.Duration
+	maxRSS    int64 // bytes
+	serverCPU time.Duration
+	sqsCPU    time.Duration
+}
+
+// serverUse is the servers' CPU since before: both S3 servers and, apart,
+// the SQS server.
+func (b *bench) serverUse(before map[string]time.Duration) (s3, sqs time.Duration) {
+	for name, d := range b.env.CPU() {
+		if name == "sqs" {
+			sqs += d - before[name]
+		} else {
+			s3 += d - before[name]
+		}
+	}
+	return s3, sqs
+}
+
+type bench struct {
+	o       options
+	root    string
+	dir     string
+	env     *testenv.Env
+	src     *s3.Client
+	dst     *s3.Client
+	srcBkt  string
+	seq     int
+	binPath string
+}
+
+func run(ctx context.Context, o options) error {
+	root, err := testenv.Root()
+	if err != nil {
+		return err
+	}
+	b := &bench{o: o, root: root, srcBkt: "bench-src", binPath: filepath.Join(root, "bin", "s3replicad")}
+	if _, err := os.Stat(b.binPath); err != nil {
+		return fmt.Errorf("%s missing: run `make build` (make bench does)", b.binPath)
+	}
+	if !o.skipRC {
+		if _, err := exec.LookPath("rclone"); err != nil {
+			return errors.New("rclone not on PATH (Debian: apt-get install rclone), or pass -no-rclone")
+		}
+	}
+	b.dir = o.workDir
+	if b.dir == "" {
+		if b.dir, err = os.MkdirTemp("", "s3replicad-bench-"); err != nil {
+			return err
+		}
+	}
+	if !o.keep {
+		defer os.RemoveAll(b.dir)
+	}
+	if b.env, err = testenv.Start(filepath.Join(b.dir, "servers")); err != nil {
+		return err
+	}
+	defer b.env.Close()
+	b.src, b.dst = testenv.S3(b.env.Source), testenv.S3(b.env.Destination)
+	if err := testenv.CreateBucket(ctx, b.src, b.srcBkt, true); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(b.dir, "rclone.conf"), nil, 0o600); err != nil {
+		return err
+	}
+	fmt.Printf("s3replicad %s vs %s\nsource %s, destination %s, queue %s; %d alternating rounds\n\n",
+		version(b.binPath), rcloneVersion(o.skipRC), b.env.Source, b.env.Destination, b.env.SQS, o.rounds)
+
+	var loads []*workload
+	for _, name := range strings.Split(o.workloads, ",") {
+		switch strings.TrimSpace(name) {
+		case "w1":
+			loads = append(loads, &workload{name: fmt.Sprintf("W1 %d x %s", o.w1Count, human(o.w1Size)), prefix: "w1/"})
+			if err := b.fill(ctx, loads[len(loads)-1], o.w1Count, o.w1Size, 32); err != nil {
+				return err
+			}
+		case "w2":
+			loads = append(loads, &workload{name: fmt.Sprintf("W2 %d x %s", o.w2Count, human(o.w2Size)), prefix: "w2/"})
+			if err := b.fill(ctx, loads[len(loads)-1], o.w2Count, o.w2Size, 4); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("unknown workload %q (w1, w2)", name)
+		}
+	}
+
+	for _, w := range loads {
+		var sr, rc []measurement
+		for r := 1; r <= o.rounds; r++ {
+			// Alternate which tool goes first, so that neither always
+			// meets a warmer page cache.
+			order := []string{"s3replicad", "rclone"}
+			if r%2 == 0 {
+				order = []string{"rclone", "s3replicad"}
+			}
+			for _, tool := range order {
+				if tool == "rclone" && o.skipRC {
+					continue
+				}
+				var m measurement
+				var err error
+				if tool == "s3replicad" {
+					m, err = b.runDaemon(ctx, w)
+					sr = append(sr, m)
+				} else {
+					m, err = b.runRclone(ctx, w)
+					rc = append(rc, m)
+				}
+				if err != nil {
+					return fmt.Errorf("%s round %d, %s: %w", w.name, r, tool, err)
+				}
+				fmt.Printf("  %s round %d %-10s %s\n", w.name, r, tool, m.line(w))
+			}
+		}
+		report(w, sr, rc)
+	}
+
+	if o.bigSize > 0 {
+		if err := b.memCheck(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fill writes count objects of size under w.prefix and keeps their events.
+func (b *bench) fill(ctx context.Context, w *workload, count int, size int64, parallel int) error {
+	start := time.Now()
+	pub := b.env.Publisher("")
+	w.events = make([]testenv.Event, count)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(parallel)
+	for i := range count {
+		g.Go(func() error {
+			key := fmt.Sprintf("%sobj-%05d", w.prefix, i)
+			ev, err := b.putSynthetic(gctx, pub, key, size, uint64(i)+uint64(size))
+			w.events[i] = ev
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	w.bytes = int64(count) * size
+	fmt.Printf("filled %s (%s) in %.1fs\n", w.name, human(w.bytes), time.Since(start).Seconds())
+	return nil
+}
+
+func (b *bench) putSynthetic(ctx context.Context, pub *testenv.Publisher, key string, size int64, seed uint64) (testenv.Event, error) {
+	body := newSynthetic(size, seed)
+	if size <= 256*mib {
+		out, err := b.src.PutObject(ctx, &s3.PutObjectInput{Bucket: &b.srcBkt, Key: &key, Body: body, ContentLength: aws.Int64(size),
+			ContentType: aws.String("application/octet-stream")})
+		if err != nil {
+			return testenv.Event{}, fmt.Errorf("put %s: %w", key, err)
+		}
+		return testenv.Event{Name: "ObjectCreated:Put", Bucket: b.srcBkt, Key: key, VersionID: aws.ToString(out.VersionId),
+			ETag: strings.Trim(aws.ToString(out.ETag), `"`), Size: size, Sequencer: pub.Sequencer()}, nil
+	}
+	// Large: a multipart upload of 64 MiB parts read from the generator.
+	up, err := b.src.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: &b.srcBkt, Key: &key})
+	if err != nil {
+		return testenv.Event{}, err
+	}
+	const ps = 64 * mib
+	var parts []s3types.CompletedPart
+	for n, off := int32(1), int64(0); off < size; n, off = n+1, off+ps {
+		l := min(ps, size-off)
+		out, err := b.src.UploadPart(ctx, &s3.UploadPartInput{Bucket: &b.srcBkt, Key: &key, UploadId: up.UploadId, PartNumber: aws.Int32(n),
+			Body: io.NewSectionReader(body, off, l), ContentLength: aws.Int64(l)})
+		if err != nil {
+			return testenv.Event{}, err
+		}
+		parts = append(parts, s3types.CompletedPart{PartNumber: aws.Int32(n), ETag: out.ETag})
+	}
+	out, err := b.src.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{Bucket: &b.srcBkt, Key: &key, UploadId: up.UploadId,
+		MultipartUpload: &s3types.CompletedMultipartUpload{Parts: parts}})
+	if err != nil {
+		return testenv.Event{}, err
+	}
+	return testenv.Event{Name: "ObjectCreated:CompleteMultipartUpload", Bucket: b.srcBkt, Key: key, VersionID: aws.ToString(out.VersionId),
+		ETag: strings.Trim(aws.ToString(out.ETag), `"`), Size: size, Sequencer: pub.Sequencer()}, nil
+}
+
+// newBucket makes a fresh, empty, versioned destination bucket.
+func (b *bench) newBucket(ctx context.Context, tool string) (string, error) {
+	b.seq++
+	name := fmt.Sprintf("bench-%s-%d", tool, b.seq)
+	return name, testenv.CreateBucket(ctx, b.dst, name, true)
+}
+
+// runDaemon publishes w's events as a backlog, starts s3replicad and
+// measures until every object is replicated.
+func (b *bench) runDaemon(ctx context.Context, w *workload) (measurement, error) {
+	bucket, err := b.newBucket(ctx, "sr")
+	if err != nil {
+		return measurement{}, err
+	}
+	defer b.dropBucket(ctx, bucket)
+	return b.daemonCopy(ctx, w, bucket)
+}
+
+func (b *bench) daemonCopy(ctx context.Context, w *workload, bucket string) (measurement, error) {
+	queueURL, err := b.env.CreateQueue(ctx, bucket, 5)
+	if err != nil {
+		return measurement{}, err
+	}
+	pub := b.env.Publisher(queueURL)
+	if err := pub.SendEvents(ctx, w.events...); err != nil {
+		return measurement{}, err
+	}
+	dir := filepath.Join(b.dir, bucket)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return measurement{}, err
+	}
+	listen, err := freeAddr()
+	if err != nil {
+		return measurement{}, err
+	}
+	transfer := ""
+	if b.o.transfer != "" {
+		transfer = "transfer: " + b.o.transfer + "\n"
+	}
+	cfg := fmt.Sprintf(`state_dir: %s
+listen: %s
+log: {level: warn}
+queue: {url: %s, endpoint: %s, access_key_id: %s, secret_access_key: %s, wait_time: 1s}
+source: {endpoint: %s, path_style: true, access_key_id: %s, secret_access_key: %s}
+destinations:
+  - {name: bench, endpoint: %s, path_style: true, access_key_id: %s, secret_access_key: %s}
+rules:
+  - {id: bench, source_bucket: %s, destination: bench, destination_bucket: %s}
+%s`, filepath.Join(dir, "state"), listen, queueURL, b.env.SQS, testenv.AccessKey, testenv.SecretKey,
+		b.env.Source, testenv.AccessKey, testenv.SecretKey, b.env.Destination, testenv.AccessKey, testenv.SecretKey,
+		b.srcBkt, bucket, transfer)
+	cfgPath := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		return measurement{}, err
+	}
+	logf, err := os.Create(filepath.Join(dir, "daemon.log"))
+	if err != nil {
+		return measurement{}, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(b.binPath, "run", "-config", cfgPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	start, cpu0 := time.Now(), b.env.CPU()
+	if err := cmd.Start(); err != nil {
+		return measurement{}, err
+	}
+	if b.o.profile != "" {
+		go saveProfile(listen, fmt.Sprintf("%s-%s.pprof", b.o.profile, bucket))
+	}
+	want := float64(len(w.events))
+	var wall, serverCPU, sqsCPU time.Duration
+	for {
+		text := scrape(listen)
+		if metric(text, `s3replicad_replicated_objects_total{rule="bench"}`) >= want {
+			wall = time.Since(start)
+			serverCPU, sqsCPU = b.serverUse(cpu0)
+			break
+		}
+		if f := sumMetric(text, "s3replicad_operations_failed_total{"); f > 0 {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			return measurement{}, fmt.Errorf("%v operations failed (see %s)", f, logf.Name())
+		}
+		if ctx.Err() != nil || time.Since(start) > 30*time.Minute {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			return measurement{}, fmt.Errorf("not drained (see %s)", logf.Name())
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		return measurement{}, fmt.Errorf("daemon exit: %w (see %s)", err, logf.Name())
+	}
+	m := usage(cmd.ProcessState)
+	m.wall, m.serverCPU, m.sqsCPU = wall, serverCPU, sqsCPU
+	return m, b.check(ctx, bucket, w)
+}
+
+// runRclone copies w's prefix with rclone into a fresh bucket.
+func (b *bench) runRclone(ctx context.Context, w *workload) (measurement, error) {
+	bucket, err := b.newBucket(ctx, "rc")
+	if err != nil {
+		return measurement{}, err
+	}
+	defer b.dropBucket(ctx, bucket)
+	cmd := exec.CommandContext(ctx, "rclone", "copy", "src:"+b.srcBkt+"/"+w.prefix, "dst:"+bucket+"/"+w.prefix,
+		"--transfers", "32", "--checkers", "32", "--s3-upload-concurrency", "8", "--s3-chunk-size", "16M",
+		"--config", filepath.Join(b.dir, "rclone.conf"), "--stats", "0")
+	// A CA bundle from the environment makes rclone 1.60 refuse to start;
+	// the local servers speak plain HTTP anyway.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "AWS_CA_BUNDLE=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	for _, r := range []struct{ name, url string }{{"SRC", b.env.Source}, {"DST", b.env.Destination}} {
+		p := "RCLONE_CONFIG_" + r.name + "_"
+		cmd.Env = append(cmd.Env, p+"TYPE=s3", p+"PROVIDER=Other", p+"ENDPOINT="+r.url, p+"FORCE_PATH_STYLE=true",
+			p+"ACCESS_KEY_ID="+testenv.AccessKey, p+"SECRET_ACCESS_KEY="+testenv.SecretKey, p+"REGION="+testenv.Region)
+	}
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	start, cpu0 := time.Now(), b.env.CPU()
+	if err := cmd.Run(); err != nil {
+		return measurement{}, fmt.Errorf("rclone: %w\n%s", err, out)
+	}
+	m := usage(cmd.ProcessState)
+	m.wall = time.Since(start)
+	m.serverCPU, m.sqsCPU = b.serverUse(cpu0)
+	return m, b.check(ctx, bucket, w)
+}
+
+// check confirms that the destination holds every object at its size.
+func (b *bench) check(ctx context.Context, bucket string, w *workload) error {
+	sizes := map[string]int64{}
+	p := s3.NewListObjectsV2Paginator(b.dst, &s3.ListObjectsV2Input{Bucket: &bucket})
+	for p.HasMorePages() {
+		out, err := p.NextPage(ctx)
+		if err != nil {
+			return err
+		}
+		for _, o := range out.Contents {
+			sizes[aws.ToString(o.Key)] = aws.ToInt64(o.Size)
+		}
+	}
+	for _, ev := range w.events {
+		if got, ok := sizes[ev.Key]; !ok || got != ev.Size {
+			return fmt.Errorf("destination %s: %s has %d bytes (present %v), want %d", bucket, ev.Key, got, ok, ev.Size)
+		}
+	}
+	return nil
+}
+
+// dropBucket empties and deletes a destination bucket so that the disk
+// does not fill over many rounds.
+func (b *bench) dropBucket(ctx context.Context, bucket string) {
+	p := s3.NewListObjectVersionsPaginator(b.dst, &s3.ListObjectVersionsInput{Bucket: &bucket})
+	for p.HasMorePages() {
+		out, err := p.NextPage(ctx)
+		if err != nil {
+			return
+		}
+		var ids []s3types.ObjectIdentifier
+		for _, v := range out.Versions {
+			ids = append(ids, s3types.ObjectIdentifier{Key: v.Key, VersionId: v.VersionId})
+		}
+		for _, d := range out.DeleteMarkers {
+			ids = append(ids, s3types.ObjectIdentifier{Key: d.Key, VersionId: d.VersionId})
+		}
+		for chunk := range slices.Chunk(ids, 1000) {
+			_, _ = b.dst.DeleteObjects(ctx, &s3.DeleteObjectsInput{Bucket: &bucket, Delete: &s3types.Delete{Objects: chunk, Quiet: aws.Bool(true)}})
+		}
+	}
+	_, _ = b.dst.DeleteBucket(ctx, &s3.DeleteBucketInput{Bucket: &bucket})
+}
+
+// memCheck compares s3replicad's peak RSS copying one large object with
+// that copying one 128 MiB object.
+func (b *bench) memCheck(ctx context.Context) error {
+	fmt.Printf("\nmemory check: s3replicad peak RSS copying one object\n")
+	var rss []int64
+	for i, size := range []int64{128 * mib, b.o.bigSize} {
+		w := &workload{name: "memcheck " + human(size), prefix: fmt.Sprintf("mem%d/", i)}
+		if err := b.fill(ctx, w, 1, size, 1); err != nil {
+			return err
+		}
+		bucket, err := b.newBucket(ctx, "mem")
+		if err != nil {
+			return err
+		}
+		m, err := b.daemonCopy(ctx, w, bucket)
+		b.dropBucket(ctx, bucket)
+		if err != nil {
+			return fmt.Errorf("%s: %w", w.name, err)
+		}
+		rss = append(rss, m.maxRSS)
+		fmt.Printf("  %-9s peak RSS %6.1f MiB   %s\n", human(size), float64(m.maxRSS)/mib, m.line(w))
+	}
+	fmt.Printf("  ratio %s / 128 MiB: %.2f\n", human(b.o.bigSize), float64(rss[1])/float64(rss[0]))
+	return nil
+}
+
+// saveProfile fetches a few seconds of the daemon's CPU profile.
+func saveProfile(listen, path string) {
+	for range 100 {
+		if scrape(listen) != "" {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	resp, err := http.Get("http://" + listen + "/debug/pprof/profile?seconds=6")
+	if err != nil {
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_, _ = io.Copy(f, resp.Body)
+}
+
+func usage(ps *os.ProcessState) measurement {
+	ru, ok := ps.SysUsage().(*syscall.Rusage)
+	if !ok {
+		return measurement{cpu: ps.UserTime() + ps.SystemTime()}
+	}
+	return measurement{cpu: ps.UserTime() + ps.SystemTime(), maxRSS: ru.Maxrss * kib}
+}
+
+func (m measurement) line(w *workload) string {
+	s := m.wall.Seconds()
+	return fmt.Sprintf("%7.2fs %8.1f obj/s %7.1f MB/s  cpu %5.2fs  rss %6.1f MiB  S3 servers' cpu %5.2fs, SQS %4.2fs",
+		s, float64(len(w.events))/s, float64(w.bytes)/1e6/s, m.cpu.Seconds(), float64(m.maxRSS)/mib, m.serverCPU.Seconds(), m.sqsCPU.Seconds())
+}
+
+func median(ms []measurement, f func(measurement) float64) float64 {
+	if len(ms) == 0 {
+		return 0
+	}
+	v := make([]float64, len(ms))
+	for i, m := range ms {
+		v[i] = f(m)
+	}
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+func report(w *workload, sr, rc []measurement) {
+	wall := func(m measurement) float64 { return m.wall.Seconds() }
+	cpu := func(m measurement) float64 { return m.cpu.Seconds() }
+	rss := func(m measurement) float64 { return float64(m.maxRSS) / mib }
+	fmt.Printf("\n%s, medians of %d rounds\n", w.name, len(sr))
+	srvCPU := func(m measurement) float64 { return m.serverCPU.Seconds() }
+	fmt.Printf("  %-10s %8s %10s %9s %8s %10s %17s\n", "tool", "wall s", "objects/s", "MB/s", "CPU s", "peak RSS", "S3 servers' CPU s")
+	row := func(name string, ms []measurement) {
+		s := median(ms, wall)
+		fmt.Printf("  %-10s %8.2f %10.1f %9.1f %8.2f %6.1f MiB %17.2f\n", name, s, float64(len(w.events))/s, float64(w.bytes)/1e6/s,
+			median(ms, cpu), median(ms, rss), median(ms, srvCPU))
+	}
+	row("s3replicad", sr)
+	if len(rc) > 0 {
+		row("rclone", rc)
+		fmt.Printf("  ratios: speed %.2fx rclone, CPU %.2fx rclone's, peak RSS %.2fx rclone's\n\n",
+			median(rc, wall)/median(sr, wall), median(sr, cpu)/median(rc, cpu), median(sr, rss)/median(rc, rss))
+	}
+}
+
+func human(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n >= mib && n%mib == 0:
+		return fmt.Sprintf("%d MiB", n/mib)
+	case n >= kib && n%kib == 0:
+		return fmt.Sprintf("%d KiB", n/kib)
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// The scraper asks for no compression: gzipping every scrape would bill
+// the daemon for the benchmark's own polling.
+var httpClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableCompression: true}}
+
+func scrape(listen string) string {
+	resp, err := httpClient.Get("http://" + listen + "/metrics")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return string(body)
+}
+
+// metric returns the value of the series named exactly by series.
+func metric(text, series string) float64 {
+	for _, line := range strings.Split(text, "\n") {
+		if rest, ok := strings.CutPrefix(line, series+" "); ok {
+			var v float64
+			fmt.Sscan(rest, &v)
+			return v
+		}
+	}
+	return 0
+}
+
+// sumMetric adds every series whose line starts with prefix.
+func sumMetric(text, prefix string) float64 {
+	var sum float64
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, prefix) {
+			var v float64
+			fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
+			sum += v
+		}
+	}
+	return sum
+}
+
+func version(bin string) string {
+	out, err := exec.Command(bin, "version").Output()
+	if err != nil {
+		return "(unknown version)"
+	}
+	return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+}
+
+func rcloneVersion(skip bool) string {
+	if skip {
+		return "nothing (-no-rclone)"
+	}
+	out, err := exec.Command("rclone", "version").Output()
+	if err != nil {
+		return "rclone"
+	}
+	return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+}
+
+// synthetic is deterministic, incompressible object content generated on
+// the fly, so that filling the source needs no memory or local files.
+type synthetic struct {
+	size  int64
+	off   int64
+	block []byte
+	seed  uint64
+	mu    sync.Mutex
+}
+
+const synthBlock = 1 << 20
+
+var sharedBlock = func() []byte {
+	r := rand.New(rand.NewPCG(1, 2))
+	b := make([]byte, synthBlock)
+	for i := range b {
+		b[i] = byte(r.UintN(256))
+	}
+	return b
+}()
+
+func newSynthetic(size int64, seed uint64) *synthetic {
+	return &synthetic{size: size, block: sharedBlock, seed: seed}
+}
+
+// ReadAt fills p with the bytes at off: the shared random block, with each
+// block's first 16 bytes naming the object and the block's index.
+func (s *synthetic) ReadAt(p []byte, off int64) (int, error) {
+	if off >= s.size {
+		return 0, io.EOF
+	}
+	n := 0
+	for n < len(p) && off < s.size {
+		in := off % synthBlock
+		c := copy(p[n:], s.block[in:min(int64(synthBlock), in+s.size-off)])
+		for i := 0; i < c; i++ {
+			if pos := in + int64(i); pos < 16 {
+				idx := uint64(off/synthBlock) ^ s.seed<<20
+				p[n+i] = byte(idx >> (8 * (pos % 8)))
+			}
+		}
+		n += c
+		off += int64(c)
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (s *synthetic) Read(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, err := s.ReadAt(p, s.off)
+	s.off += int64(n)
+	return n, err
+}
+
+func (s *synthetic) Seek(offset int64, whence int) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += s.off
+	case io.SeekEnd:
+		offset += s.size
+	}
+	if offset < 0 {
+		return 0, errors.New("negative offset")
+	}
+	s.off = offset
+	return offset, nil
+}
