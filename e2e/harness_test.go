@@ -94,6 +94,10 @@ type worldOpts struct {
 	transfer    string // YAML under transfer:
 	maxReceives int
 	extra       string // extra top-level YAML
+	// sameEndpoint puts the destination bucket on the source's server, so
+	// that copies can be made inside the store.
+	sameEndpoint bool
+	destExtra    string // extra YAML keys of the destination, indented by 4
 }
 
 const defaultRules = `
@@ -109,6 +113,10 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	w := &world{t: t, ctx: ctx, src: testenv.S3(env.Source), dst: testenv.S3(env.Destination), dir: t.TempDir()}
+	destEndpoint := env.Destination
+	if o.sameEndpoint {
+		w.dst, destEndpoint = w.src, env.Source
+	}
 	w.srcBucket, w.dstBucket = uniqueName("src"), uniqueName("dst")
 	must(t, testenv.CreateBucket(ctx, w.src, w.srcBucket, true))
 	must(t, testenv.CreateBucket(ctx, w.dst, w.dstBucket, true))
@@ -149,11 +157,12 @@ destinations:
     path_style: true
     access_key_id: ${TEST_AK}
     secret_access_key: ${TEST_SK}
+%s
 rules:
 %s
 transfer:
 %s
-%s`, filepath.Join(w.dir, "state"), w.listen, w.queueURL, env.SQS, env.Source, env.Destination,
+%s`, filepath.Join(w.dir, "state"), w.listen, w.queueURL, env.SQS, env.Source, destEndpoint, o.destExtra,
 		strings.TrimPrefix(fmt.Sprintf(o.rules, w.srcBucket, w.dstBucket), "\n"), o.transfer, o.extra)
 	w.configPath = filepath.Join(w.dir, "config.yaml")
 	must(t, os.WriteFile(w.configPath, []byte(cfg), 0o600))

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"crypto/rand"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -154,6 +155,96 @@ func TestMultipartObjectIsCopiedInParts(t *testing.T) {
 	}
 	if got := d.metric("s3replicad_source_bytes_read_total"); got < float64(len(data)) {
 		t.Errorf("source_bytes_read_total = %v, want >= %d", got, len(data))
+	}
+	d.stop()
+}
+
+// A destination on the source's endpoint gets its copies made inside the
+// store: no object bytes pass through the daemon, small objects with
+// CopyObject and large ones with UploadPartCopy, with headers, metadata and
+// tags as the contract requires. server_side_copy: off streams instead.
+func TestServerSideCopyOnTheSameEndpoint(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"auto", "off"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, worldOpts{sameEndpoint: true, destExtra: "    server_side_copy: " + mode,
+				transfer: "  workers: 4\n  part_size: 5MiB\n  multipart_threshold: 6MiB\n  part_concurrency: 3\n"})
+			d := w.start()
+			small := w.put("docs/a b+c.txt", []byte("copied inside the store"), func(in *s3.PutObjectInput) {
+				in.ContentType = aws.String("text/plain")
+				in.CacheControl = aws.String("max-age=60")
+				in.Metadata = map[string]string{"owner": "ops"}
+				in.Tagging = aws.String("team=ops&tier=gold")
+			})
+			large := make([]byte, 12<<20+7)
+			_, _ = rand.Read(large)
+			big := w.put("big/blob.bin", large, func(in *s3.PutObjectInput) { in.Metadata = map[string]string{"big": "yes"} })
+			big.Name = "ObjectCreated:CompleteMultipartUpload"
+			empty := w.put("empty", nil)
+			must(t, w.pub.SendEvents(w.ctx, small, big, empty))
+			for _, ev := range []testenv.Event{small, big, empty} {
+				w.waitReplicated(ev.Key, ev.VersionID, 60*time.Second)
+			}
+			body, out := w.getDest(small.Key, "")
+			if string(body) != "copied inside the store" || aws.ToString(out.ContentType) != "text/plain" ||
+				aws.ToString(out.CacheControl) != "max-age=60" || out.Metadata["owner"] != "ops" {
+				t.Errorf("small replica: %q type %q cache %q meta %v", body, aws.ToString(out.ContentType), aws.ToString(out.CacheControl), out.Metadata)
+			}
+			if tags := w.destTags(small.Key); tags["team"] != "ops" || tags["tier"] != "gold" || len(tags) != 2 {
+				t.Errorf("small replica tags %v", tags)
+			}
+			body, out = w.getDest(big.Key, "")
+			if !bytes.Equal(body, large) || out.Metadata["big"] != "yes" {
+				t.Errorf("large replica differs (%d bytes, meta %v)", len(body), out.Metadata)
+			}
+			if body, _ := w.getDest(empty.Key, ""); len(body) != 0 {
+				t.Errorf("empty replica has %d bytes", len(body))
+			}
+			for _, ev := range []testenv.Event{small, big, empty} {
+				if vs, _ := w.destVersions(ev.Key); len(vs) != 1 {
+					t.Errorf("%s has %d destination versions, want 1", ev.Key, len(vs))
+				}
+			}
+			read, inStore := d.metric("s3replicad_source_bytes_read_total"), d.metric("s3replicad_server_side_copy_bytes_total")
+			total := float64(len(large) + len("copied inside the store"))
+			switch mode {
+			case "auto":
+				if read != 0 || inStore != total {
+					t.Errorf("auto: read %v bytes through the daemon and %v inside the store; want 0 and %v", read, inStore, total)
+				}
+			case "off":
+				if read != total || inStore != 0 {
+					t.Errorf("off: read %v bytes through the daemon and %v inside the store; want %v and 0", read, inStore, total)
+				}
+			}
+			d.stop()
+		})
+	}
+}
+
+// bandwidth_limit paces the writes to a destination: 2 MiB at 1 MiB/s
+// cannot arrive in less than 1.5 s (the first write goes at once).
+func TestBandwidthLimitPacesWrites(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{destExtra: "    bandwidth_limit: 1MiB/s"})
+	var evs []testenv.Event
+	for i := range 4 {
+		body := make([]byte, 512<<10)
+		_, _ = rand.Read(body)
+		evs = append(evs, w.put(fmt.Sprintf("paced/%d", i), body))
+	}
+	must(t, w.pub.SendEvents(w.ctx, evs...))
+	start := time.Now()
+	d := w.start()
+	for _, ev := range evs {
+		w.waitReplicated(ev.Key, ev.VersionID, 30*time.Second)
+	}
+	if took := time.Since(start); took < 1500*time.Millisecond {
+		t.Errorf("2 MiB reached a destination limited to 1 MiB/s in %v", took)
+	}
+	if !d.hasSeries("s3replicad_destination_concurrency", "destination", "dr") {
+		t.Error("s3replicad_destination_concurrency{destination=\"dr\"} not exported")
 	}
 	d.stop()
 }

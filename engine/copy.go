@@ -48,8 +48,14 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 		}
 		return v, nil
 	}
+	if cp := e.copier(op.Dest, dest); cp != nil {
+		v, err := e.copyInStore(ctx, rule, dest, cp, op)
+		if err == nil || !e.fallBack(ctx, op, err) {
+			return v, err
+		}
+	}
 	if op.Size > e.cfg.MultipartThreshold {
-		return e.copyMultipart(ctx, rule, dest, op)
+		return e.copyMultipart(ctx, rule, dest, op, nil)
 	}
 	obj, err := e.cfg.Source.Get(ctx, op.Bucket, op.Key, op.VersionID, nil)
 	if err != nil {
@@ -59,7 +65,7 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 		// The event did not tell the size; now we know it is large.
 		obj.Body.Close()
 		e.learnSize(op, obj.Size)
-		return e.copyMultipart(ctx, rule, dest, op)
+		return e.copyMultipart(ctx, rule, dest, op, nil)
 	}
 	e.learnSize(op, obj.Size)
 	buf, err := e.buffers.get(ctx, obj.Size)
@@ -161,15 +167,82 @@ func PartSizeFor(size, configured int64) int64 {
 	return min(ps, maxPartSize)
 }
 
-func (e *Engine) copyMultipart(ctx context.Context, rule *Rule, dest Destination, op *Op) (string, error) {
-	// A one-byte ranged GET gives the headers, metadata and total size.
+// stat reads a source version's headers, metadata and size with a
+// one-byte ranged GET, which unlike HEAD also tells the tag count.
+func (e *Engine) stat(ctx context.Context, op *Op) (*Object, error) {
 	head, err := e.cfg.Source.Get(ctx, op.Bucket, op.Key, op.VersionID, &ByteRange{0, 0})
 	if err != nil {
-		return "", fmt.Errorf("get %s: %w", op, err)
+		return nil, fmt.Errorf("get %s: %w", op, err)
 	}
 	_, _ = io.Copy(io.Discard, head.Body)
 	head.Body.Close()
 	e.learnSize(op, head.Size)
+	return head, nil
+}
+
+// copier returns the destination as a server-side copier when the
+// configuration allows it and it has not refused.
+func (e *Engine) copier(name string, dest Destination) ServerSideCopier {
+	if ok := e.inStore[name]; ok == nil || !ok.Load() {
+		return nil
+	}
+	cp, _ := dest.(ServerSideCopier)
+	return cp
+}
+
+// copyInStore has the store copy op's version: CopyObject, or a multipart
+// upload of UploadPartCopy parts for large objects.
+func (e *Engine) copyInStore(ctx context.Context, rule *Rule, dest Destination, cp ServerSideCopier, op *Op) (string, error) {
+	if op.Size > e.cfg.MultipartThreshold {
+		return e.copyMultipart(ctx, rule, dest, op, cp)
+	}
+	head, err := e.stat(ctx, op)
+	if err != nil {
+		return "", err
+	}
+	if head.Size > e.cfg.MultipartThreshold {
+		return e.copyMultipart(ctx, rule, dest, op, cp)
+	}
+	if err := e.readTags(ctx, op, head); err != nil {
+		return "", err
+	}
+	if err := e.startWrite(ctx, op); err != nil {
+		return "", err
+	}
+	v, err := cp.Copy(ctx, VersionRef{op.Bucket, op.Key, op.VersionID}, op.DestBucket, op.DestKey, replicaMeta(rule, op, head))
+	if err != nil {
+		return "", fmt.Errorf("copy %s inside the store to %s/%s: %w", op, op.DestBucket, op.DestKey, err)
+	}
+	e.m.inStoreBytes.WithLabelValues(op.Dest).Add(float64(head.Size))
+	return v, nil
+}
+
+// fallBack decides whether a failed server-side copy is tried again
+// through the daemon. A refusal of the copy itself (the destination's
+// credentials cannot read the source, or the store cannot copy) turns
+// server-side copy off for the destination.
+func (e *Engine) fallBack(ctx context.Context, op *Op, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	class, reason := Classify(err)
+	if class != Permanent || reason == ReasonNoSuchBucket {
+		return false
+	}
+	if reason == ReasonAccessDenied || errors.Is(err, ErrCopyUnsupported) {
+		if e.inStore[op.Dest].CompareAndSwap(true, false) {
+			e.log.Warn("server-side copy refused; copying through the daemon from now on. To copy inside the store, let the destination's credentials read the source bucket",
+				"destination", op.Dest, "err", err)
+		}
+	}
+	return true
+}
+
+func (e *Engine) copyMultipart(ctx context.Context, rule *Rule, dest Destination, op *Op, cp ServerSideCopier) (string, error) {
+	head, err := e.stat(ctx, op)
+	if err != nil {
+		return "", err
+	}
 	if err := e.readTags(ctx, op, head); err != nil {
 		return "", err
 	}
@@ -188,7 +261,7 @@ func (e *Engine) copyMultipart(ctx context.Context, rule *Rule, dest Destination
 			return "", fmt.Errorf("record upload: %w", err)
 		}
 	}
-	if err := e.uploadParts(ctx, dest, op, up); err != nil {
+	if err := e.uploadParts(ctx, dest, cp, op, up); err != nil {
 		if c, _ := Classify(err); c != Transient && ctx.Err() == nil {
 			// It will not be resumed: do not leave the parts behind.
 			e.abandon(ctx, dest, op, up)
@@ -255,7 +328,9 @@ func (e *Engine) abandon(ctx context.Context, dest Destination, op *Op, up *Uplo
 	_ = e.cfg.State.DeleteUpload(op.ID())
 }
 
-func (e *Engine) uploadParts(ctx context.Context, dest Destination, op *Op, up *Upload) error {
+// uploadParts sends the parts not yet done: copied inside the store when
+// cp is set, otherwise read from the source into pooled buffers.
+func (e *Engine) uploadParts(ctx context.Context, dest Destination, cp ServerSideCopier, op *Op, up *Upload) error {
 	done := map[int32]bool{}
 	for _, p := range up.Parts {
 		done[p.Number] = true
@@ -278,26 +353,9 @@ func (e *Engine) uploadParts(ctx context.Context, dest Destination, op *Op, up *
 			first := int64(n-1) * up.PartSize
 			last := min(first+up.PartSize, up.Size) - 1
 			size := last - first + 1
-			buf, err := e.buffers.get(gctx, size)
+			etag, err := e.sendPart(gctx, dest, cp, op, up, n, ByteRange{first, last})
 			if err != nil {
 				return err
-			}
-			defer e.buffers.put(buf)
-			if size > 0 {
-				obj, err := e.cfg.Source.Get(gctx, op.Bucket, op.Key, op.VersionID, &ByteRange{first, last})
-				if err != nil {
-					return fmt.Errorf("get part %d of %s: %w", n, op, err)
-				}
-				got, err := io.ReadFull(obj.Body, buf)
-				obj.Body.Close()
-				e.m.sourceBytes.Add(float64(got))
-				if err != nil {
-					return fmt.Errorf("read part %d of %s: got %d of %d bytes: %w", n, op, got, size, err)
-				}
-			}
-			etag, err := dest.UploadPart(gctx, op.DestBucket, op.DestKey, up.UploadID, n, buf)
-			if err != nil {
-				return fmt.Errorf("upload part %d of %s/%s: %w", n, op.DestBucket, op.DestKey, err)
 			}
 			mu.Lock()
 			defer mu.Unlock()
@@ -321,3 +379,39 @@ func (e *Engine) uploadParts(ctx context.Context, dest Destination, op *Op, up *
 	}
 	return nil
 }
+
+// sendPart writes part n, bytes r of the source version, and returns its ETag.
+func (e *Engine) sendPart(ctx context.Context, dest Destination, cp ServerSideCopier, op *Op, up *Upload, n int32, r ByteRange) (string, error) {
+	size := r.Last - r.First + 1
+	if cp != nil && size > 0 {
+		etag, err := cp.CopyPart(ctx, VersionRef{op.Bucket, op.Key, op.VersionID}, r, op.DestBucket, op.DestKey, up.UploadID, n)
+		if err != nil {
+			return "", fmt.Errorf("copy part %d of %s inside the store: %w", n, op, err)
+		}
+		e.m.inStoreBytes.WithLabelValues(op.Dest).Add(float64(size))
+		return etag, nil
+	}
+	buf, err := e.buffers.get(ctx, size)
+	if err != nil {
+		return "", err
+	}
+	defer e.buffers.put(buf)
+	if size > 0 {
+		obj, err := e.cfg.Source.Get(ctx, op.Bucket, op.Key, op.VersionID, &r)
+		if err != nil {
+			return "", fmt.Errorf("get part %d of %s: %w", n, op, err)
+		}
+		got, err := io.ReadFull(obj.Body, buf)
+		obj.Body.Close()
+		e.m.sourceBytes.Add(float64(got))
+		if err != nil {
+			return "", fmt.Errorf("read part %d of %s: got %d of %d bytes: %w", n, op, got, size, err)
+		}
+	}
+	etag, err := dest.UploadPart(ctx, op.DestBucket, op.DestKey, up.UploadID, n, buf)
+	if err != nil {
+		return "", fmt.Errorf("upload part %d of %s/%s: %w", n, op.DestBucket, op.DestKey, err)
+	}
+	return etag, nil
+}
+

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -28,6 +30,12 @@ type Config struct {
 	PartSize           int64
 	PartConcurrency    int
 	MultipartThreshold int64
+	// ServerSideCopy names the destinations that share the source's
+	// endpoint: their copies are made inside the store when the
+	// destination implements ServerSideCopier.
+	ServerSideCopy map[string]bool
+	// BandwidthLimit caps the bytes per second written to a destination.
+	BandwidthLimit map[string]int64
 	// BufferMemory bounds the bytes held in copy buffers (objects copied
 	// in one PUT and parts); 0 means two parts per part slot.
 	BufferMemory      int64
@@ -51,6 +59,8 @@ type Engine struct {
 	m       *metrics
 	sched   *scheduler
 	buffers *bufferPool
+	dests   map[string]Destination  // wrapped in their limits
+	inStore map[string]*atomic.Bool // server-side copy still allowed
 
 	ready  atomic.Bool
 	loaded chan struct{}
@@ -107,12 +117,28 @@ func New(cfg Config) (*Engine, error) {
 		loaded: make(chan struct{}),
 	}
 	e.buffers = newBufferPool(e.cfg.BufferMemory)
-	e.m = newMetrics(cfg.Registerer, e.rules, func() float64 {
+	names := slices.Sorted(maps.Keys(cfg.Destinations))
+	e.m = newMetrics(cfg.Registerer, e.rules, names, func() float64 {
 		if t, ok := e.sched.Oldest(); ok {
 			return time.Since(t).Seconds()
 		}
 		return 0
 	})
+	e.dests, e.inStore = map[string]Destination{}, map[string]*atomic.Bool{}
+	for _, name := range names {
+		d := cfg.Destinations[name]
+		ld := &limitedDest{Destination: d,
+			conc: newAdaptive(cfg.Workers*cfg.PartConcurrency, e.m.concurrency.WithLabelValues(name), e.m.throttled.WithLabelValues(name))}
+		if bw := cfg.BandwidthLimit[name]; bw > 0 {
+			ld.bw = &pacer{rate: float64(bw)}
+		}
+		e.dests[name] = ld
+		if c, ok := d.(ServerSideCopier); ok && cfg.ServerSideCopy[name] {
+			e.dests[name] = &limitedCopier{limitedDest: ld, c: c}
+			e.inStore[name] = &atomic.Bool{}
+			e.inStore[name].Store(true)
+		}
+	}
 	return e, nil
 }
 
@@ -397,7 +423,7 @@ func (e *Engine) work(ctx, workCtx context.Context) {
 func (e *Engine) runOp(ctx context.Context, op *Op) {
 	log := e.log.With("rule", op.Rule, "bucket", op.Bucket, "key", op.Key, "version", op.VersionID)
 	rule, ok := e.rules.ByID(op.Rule)
-	dest := e.cfg.Destinations[op.Dest]
+	dest := e.dests[op.Dest]
 	if !ok || dest == nil {
 		e.finish(ctx, op, Skipped, "rule or destination no longer in the configuration")
 		return

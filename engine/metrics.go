@@ -19,6 +19,9 @@ type metrics struct {
 	superseded    *prometheus.CounterVec
 	skipped       *prometheus.CounterVec
 	sourceBytes   prometheus.Counter
+	inStoreBytes  *prometheus.CounterVec
+	concurrency   *prometheus.GaugeVec
+	throttled     *prometheus.CounterVec
 	queueErrors   prometheus.Counter
 	oldestPending prometheus.GaugeFunc
 }
@@ -26,7 +29,7 @@ type metrics struct {
 // EventKinds are the label values of s3replicad_events_received_total.
 var EventKinds = []string{"created", "removed", "test", "malformed", "other"}
 
-func newMetrics(reg prometheus.Registerer, rules Rules, oldest func() float64) *metrics {
+func newMetrics(reg prometheus.Registerer, rules Rules, dests []string, oldest func() float64) *metrics {
 	m := &metrics{
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "s3replicad_events_received_total",
@@ -73,6 +76,18 @@ func newMetrics(reg prometheus.Registerer, rules Rules, oldest func() float64) *
 			Name: "s3replicad_source_bytes_read_total",
 			Help: "Object bytes read from the source.",
 		}),
+		inStoreBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "s3replicad_server_side_copy_bytes_total",
+			Help: "Object bytes copied inside the store (CopyObject, UploadPartCopy), never read by the daemon.",
+		}, []string{"destination"}),
+		concurrency: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "s3replicad_destination_concurrency",
+			Help: "Write requests the daemon currently allows in flight to a destination (halved when it throttles, regained slowly).",
+		}, []string{"destination"}),
+		throttled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "s3replicad_destination_throttled_total",
+			Help: "Write requests a destination answered with SlowDown, 503, 429 or a timeout.",
+		}, []string{"destination"}),
 		queueErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "s3replicad_queue_errors_total",
 			Help: "Failed queue calls (receive, delete, visibility).",
@@ -83,11 +98,16 @@ func newMetrics(reg prometheus.Registerer, rules Rules, oldest func() float64) *
 		}, oldest),
 	}
 	reg.MustRegister(m.events, m.replicated, m.bytes, m.pending, m.bytesPending, m.failed, m.latency,
-		m.deletes, m.superseded, m.skipped, m.sourceBytes, m.queueErrors, m.oldestPending)
+		m.deletes, m.superseded, m.skipped, m.sourceBytes, m.inStoreBytes, m.concurrency, m.throttled,
+		m.queueErrors, m.oldestPending)
 	// Every series whose labels are known now starts at zero so that rate()
 	// and absence alerts work before the first event.
 	for _, k := range EventKinds {
 		m.events.WithLabelValues(k)
+	}
+	for _, d := range dests {
+		m.inStoreBytes.WithLabelValues(d)
+		m.throttled.WithLabelValues(d)
 	}
 	for _, r := range rules {
 		m.replicated.WithLabelValues(r.ID)

@@ -245,6 +245,22 @@ type Destination interface {
 	FindReplica(ctx context.Context, bucket, key string, a Action, sourceVersion string, since time.Time) (string, bool, error)
 }
 
+// ErrCopyUnsupported is wrapped by a ServerSideCopier whose store cannot
+// copy at all (501 NotImplemented): the engine then stops trying.
+var ErrCopyUnsupported = errors.New("the store does not implement server-side copy")
+
+// VersionRef names one source version.
+type VersionRef struct{ Bucket, Key, VersionID string }
+
+// ServerSideCopier is a Destination that can copy a source version inside
+// the store (S3's CopyObject and UploadPartCopy), so that no object bytes
+// pass through the daemon. It is used only for destinations the
+// configuration marks as sharing the source's endpoint.
+type ServerSideCopier interface {
+	Copy(ctx context.Context, src VersionRef, bucket, key string, meta ObjectMeta) (string, error)
+	CopyPart(ctx context.Context, src VersionRef, r ByteRange, bucket, key, uploadID string, n int32) (string, error)
+}
+
 // ObjectStore is a store that can be both ends; the S3 adapter is one.
 type ObjectStore interface {
 	Source

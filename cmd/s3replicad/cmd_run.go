@@ -75,6 +75,8 @@ func newReplicator(ctx context.Context, cfg *Config, log *slog.Logger, rules []e
 		PartSize: int64(cfg.Transfer.PartSize), PartConcurrency: cfg.Transfer.PartConcurrency,
 		MultipartThreshold: int64(cfg.Transfer.MultipartThreshold),
 		BufferMemory:       int64(cfg.Transfer.BufferMemory),
+		ServerSideCopy:     cfg.ServerSideCopy(),
+		BandwidthLimit:     map[string]int64{},
 		VisibilityTimeout:  cfg.Queue.VisibilityTimeout.D(),
 		DrainTimeout:       max(cfg.ShutdownTimeout.D()-2*time.Second, cfg.ShutdownTimeout.D()/2),
 		Registerer:         r.reg,
@@ -82,6 +84,7 @@ func newReplicator(ctx context.Context, cfg *Config, log *slog.Logger, rules []e
 	}
 	for name, d := range dests {
 		ec.Destinations[name] = d
+		ec.BandwidthLimit[name] = int64(cfg.Destination(name).BandwidthLimit)
 	}
 	if withQueue {
 		q, err := sqsqueue.New(ctx, cfg.Queue.queueConfig())

@@ -260,13 +260,48 @@ func ParseConfig(path string, raw []byte, lookup func(string) (string, bool)) (*
 	if err := doc.Content[0].Decode(cfg); err != nil {
 		msg := strings.TrimPrefix(err.Error(), "yaml: ")
 		msg = strings.ReplaceAll(msg, "unmarshal errors:\n  ", "")
-		return nil, fail("%s", msg)
+		return nil, fail("%s", nameKeys(msg, cfg.lines))
 	}
 	cfg.applyDefaults()
 	if problems := cfg.validate(); len(problems) > 0 {
 		return nil, &ConfigError{File: path, Problems: problems}
 	}
 	return cfg, nil
+}
+
+var lineRe = regexp.MustCompile(`(?m)^(\s*)line (\d+): `)
+
+// nameKeys adds the key to each "line N: problem" of a decoding error, so
+// that "line 8: bad value" reads "line 8: transfer.part_size: bad value".
+func nameKeys(msg string, lines map[string]int) string {
+	return lineRe.ReplaceAllStringFunc(msg, func(m string) string {
+		sub := lineRe.FindStringSubmatch(m)
+		n, _ := strconv.Atoi(sub[2])
+		// The key holding the value is the one on that line with no child
+		// on it; with several (a flow mapping), the line must do.
+		var on []string
+		for path, l := range lines {
+			if l == n {
+				on = append(on, path)
+			}
+		}
+		var leaves []string
+		for _, p := range on {
+			parent := false
+			for _, q := range on {
+				if strings.HasPrefix(q, p+".") || strings.HasPrefix(q, p+"[") {
+					parent = true
+				}
+			}
+			if !parent {
+				leaves = append(leaves, p)
+			}
+		}
+		if len(leaves) != 1 {
+			return m
+		}
+		return fmt.Sprintf("%sline %d: %s: ", sub[1], n, leaves[0])
+	})
 }
 
 // walk checks every mapping key against the Go type (unknown keys are
@@ -612,6 +647,29 @@ func (c *Config) SelectRules(id string) ([]engine.Rule, error) {
 		}
 	}
 	return nil, &usageError{fmt.Sprintf("no rule with id %q in %s", id, c.path)}
+}
+
+// Destination returns the destination named name.
+func (c *Config) Destination(name string) DestConfig {
+	for _, d := range c.Destinations {
+		if d.Name == name {
+			return d
+		}
+	}
+	return DestConfig{}
+}
+
+// ServerSideCopy names the destinations whose copies may be made inside
+// the store: server_side_copy is auto and they are the source's endpoint.
+func (c *Config) ServerSideCopy() map[string]bool {
+	same := func(a, b string) bool {
+		return strings.EqualFold(strings.TrimRight(a, "/"), strings.TrimRight(b, "/"))
+	}
+	out := map[string]bool{}
+	for _, d := range c.Destinations {
+		out[d.Name] = d.ServerSideCopy == "auto" && same(d.Endpoint, c.Source.Endpoint) && d.Region == c.Source.Region
+	}
+	return out
 }
 
 func (d DestConfig) storeConfig(maxConns int) s3store.Config {

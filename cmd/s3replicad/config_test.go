@@ -39,6 +39,13 @@ func TestConfigDefaultsAndExpansion(t *testing.T) {
 		t.Fatalf("defaults not applied: %+v", cfg)
 	}
 	d := cfg.Destinations[0]
+	if cfg.Transfer.BufferMemory != 2*8*16<<20 || d.Integrity != "crc32c" || d.ServerSideCopy != "auto" || d.BandwidthLimit != 0 {
+		t.Fatalf("transfer defaults not applied: buffers %d, integrity %q, server-side copy %q, bandwidth %d",
+			cfg.Transfer.BufferMemory, d.Integrity, d.ServerSideCopy, d.BandwidthLimit)
+	}
+	if cfg.ServerSideCopy()["dr"] {
+		t.Error("server-side copy chosen for a destination on another endpoint than the source")
+	}
 	if d.AccessKeyID != "AKID" || d.SecretAccessKey.Reveal() != "s3cr3t" {
 		t.Fatalf("variables not expanded: %+v", d)
 	}
@@ -53,13 +60,18 @@ func TestConfigErrorsNameKeyAndLine(t *testing.T) {
 	}{
 		{"unknown top-level key", "stat_dir: x\n", `line 14: unknown key "stat_dir" at the top level`},
 		{"unknown nested key", strings.Replace(baseConfig, "  - id: all\n", "  - id: all\n    prefix: x\n", 1), `line 11: unknown key "prefix" in rules[0]`},
-		{"bad duration", "shutdown_timeout: soon\n", `line 14: "soon" is not a duration`},
+		{"bad duration", "shutdown_timeout: soon\n", `line 14: shutdown_timeout: "soon" is not a duration`},
 		{"bad size", "transfer: {part_size: 16 parsecs}\n", `unknown unit "parsecs"`},
 		{"small part", "transfer: {part_size: 1MiB}\n", "transfer.part_size: must be between 5MiB and 5GiB"},
 		{"unknown destination", strings.Replace(baseConfig, "destination: dr", "destination: drr", 1), `line 12: rules[0].destination: "drr" is not the name of a destination`},
 		{"bad log format", "log: {format: xml}\n", `log.format: "xml" is not text or json`},
-		{"wrong type", "transfer: {workers: many}\n", "line 14: cannot unmarshal !!str `many` into int"},
+		{"wrong type", "transfer: {workers: many}\n", "line 14: transfer.workers: cannot unmarshal !!str `many` into int"},
 		{"unset variable", strings.Replace(baseConfig, "${SK}", "${NOPE}", 1), "line 8: destinations[0].secret_access_key: environment variable NOPE is not set"},
+		{"bad integrity", strings.Replace(baseConfig, "    access_key_id: ${AK}\n", "    access_key_id: ${AK}\n    integrity: sha1\n", 1), `line 8: destinations[0].integrity: "sha1" is not crc32c or md5`},
+		{"bad server-side copy", strings.Replace(baseConfig, "    access_key_id: ${AK}\n", "    access_key_id: ${AK}\n    server_side_copy: yes\n", 1), `line 8: destinations[0].server_side_copy: "yes" is not auto or off`},
+		{"bad bandwidth", strings.Replace(baseConfig, "    access_key_id: ${AK}\n", "    access_key_id: ${AK}\n    bandwidth_limit: fast\n", 1), `line 8: destinations[0].bandwidth_limit: "fast" is not a size`},
+		{"tiny bandwidth", strings.Replace(baseConfig, "    access_key_id: ${AK}\n", "    access_key_id: ${AK}\n    bandwidth_limit: 1KiB/s\n", 1), `line 8: destinations[0].bandwidth_limit: must be 0 (unlimited) or at least 64KiB/s`},
+		{"buffers below a part", "transfer: {buffer_memory: 8MiB}\n", "transfer.buffer_memory: must be at least transfer.part_size (16.0 MiB)"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -91,6 +103,25 @@ func TestSamePriorityConflict(t *testing.T) {
 	_, err := ParseConfig("c.yaml", []byte(raw), goodEnv)
 	if err == nil || !strings.Contains(err.Error(), "same priority") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestBandwidthAndServerSideCopyChoice(t *testing.T) {
+	conf := strings.Replace(baseConfig, "    access_key_id: ${AK}\n", "    access_key_id: ${AK}\n    bandwidth_limit: 50MiB/s\n", 1) +
+		"source: {endpoint: 'https://S3.example.net:9000/'}\n"
+	cfg, err := ParseConfig("c.yaml", []byte(conf), goodEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Destinations[0].BandwidthLimit != 50<<20 {
+		t.Errorf("bandwidth_limit 50MiB/s parsed as %d", cfg.Destinations[0].BandwidthLimit)
+	}
+	if !cfg.ServerSideCopy()["dr"] {
+		t.Error("server-side copy not chosen for a destination on the source's endpoint")
+	}
+	cfg.Destinations[0].ServerSideCopy = "off"
+	if cfg.ServerSideCopy()["dr"] {
+		t.Error("server_side_copy: off not honoured")
 	}
 }
 

@@ -75,7 +75,10 @@ type Store struct {
 	integrity string
 }
 
-var _ engine.ObjectStore = (*Store)(nil)
+var (
+	_ engine.ObjectStore      = (*Store)(nil)
+	_ engine.ServerSideCopier = (*Store)(nil)
+)
 
 // HTTPClient builds the HTTP client for an endpoint: pooled connections
 // sized for many parallel copies, and the private CA when one is given.
@@ -168,6 +171,10 @@ func (s *Store) Get(ctx context.Context, bucket, key, versionID string, r *engin
 		in.Range = aws.String(fmt.Sprintf("bytes=%d-%d", r.First, r.Last))
 	}
 	out, err := s.client.GetObject(ctx, in)
+	if err != nil && r != nil && r.First == 0 && isCode(err, "InvalidRange") {
+		// An empty object has no byte 0: read all of it.
+		return s.Get(ctx, bucket, key, versionID, nil)
+	}
 	if err != nil {
 		return nil, classify(err, true)
 	}
@@ -338,6 +345,78 @@ func encodeTags(tags map[string]string) *string {
 		q.Set(k, v)
 	}
 	return aws.String(q.Encode())
+}
+
+// copySource renders x-amz-copy-source: bucket/key?versionId=v, with
+// everything but unreserved characters and the slashes percent-encoded
+// (stores disagree on what else, such as '+', means).
+func copySource(src engine.VersionRef) *string {
+	var b strings.Builder
+	for _, part := range []string{src.Bucket, "/", src.Key} {
+		if part == "/" {
+			b.WriteByte('/')
+			continue
+		}
+		for i := 0; i < len(part); i++ {
+			c := part[i]
+			if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-_.~/", c) >= 0 {
+				b.WriteByte(c)
+			} else {
+				fmt.Fprintf(&b, "%%%02X", c)
+			}
+		}
+	}
+	if src.VersionID != "" {
+		b.WriteString("?versionId=" + url.QueryEscape(src.VersionID))
+	}
+	return aws.String(b.String())
+}
+
+// classifyCopy classifies a server-side copy error: the source's absence
+// means it is gone, and a store that cannot copy says so for good.
+func classifyCopy(err error) error {
+	var re *awshttp.ResponseError
+	if isCode(err, "NotImplemented") || errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotImplemented {
+		return &engine.Error{Class: engine.Permanent, Reason: engine.ReasonInvalid, Err: fmt.Errorf("%w: %w", engine.ErrCopyUnsupported, err)}
+	}
+	if isCode(err, "NoSuchBucket") {
+		return classify(err, false)
+	}
+	return classify(err, true)
+}
+
+// Copy implements engine.ServerSideCopier: CopyObject with the replica's
+// headers, metadata and tags replacing the source's.
+func (s *Store) Copy(ctx context.Context, src engine.VersionRef, bucket, key string, meta engine.ObjectMeta) (string, error) {
+	var p s3.PutObjectInput
+	applyPut(&p, meta)
+	in := &s3.CopyObjectInput{
+		Bucket: &bucket, Key: &key, CopySource: copySource(src),
+		MetadataDirective: types.MetadataDirectiveReplace, TaggingDirective: types.TaggingDirectiveReplace,
+		ContentType: p.ContentType, ContentEncoding: p.ContentEncoding, ContentDisposition: p.ContentDisposition,
+		ContentLanguage: p.ContentLanguage, CacheControl: p.CacheControl, Expires: p.Expires,
+		Metadata: p.Metadata, Tagging: p.Tagging, StorageClass: p.StorageClass,
+	}
+	out, err := s.client.CopyObject(ctx, in)
+	if err != nil {
+		return "", classifyCopy(err)
+	}
+	return aws.ToString(out.VersionId), nil
+}
+
+// CopyPart implements engine.ServerSideCopier with UploadPartCopy.
+func (s *Store) CopyPart(ctx context.Context, src engine.VersionRef, r engine.ByteRange, bucket, key, uploadID string, n int32) (string, error) {
+	out, err := s.client.UploadPartCopy(ctx, &s3.UploadPartCopyInput{
+		Bucket: &bucket, Key: &key, UploadId: &uploadID, PartNumber: aws.Int32(n),
+		CopySource: copySource(src), CopySourceRange: aws.String(fmt.Sprintf("bytes=%d-%d", r.First, r.Last)),
+	})
+	if err != nil {
+		return "", classifyCopy(err)
+	}
+	if out.CopyPartResult == nil {
+		return "", &engine.Error{Class: engine.Transient, Reason: engine.ReasonInvalid, Err: errors.New("UploadPartCopy answered without a result")}
+	}
+	return strings.Trim(aws.ToString(out.CopyPartResult.ETag), `"`), nil
 }
 
 // CreateMultipart implements engine.Destination.
@@ -541,6 +620,11 @@ func classify(err error, source bool) error {
 		class, reason = engine.Transient, engine.ReasonNetwork
 	}
 	return &engine.Error{Class: class, Reason: reason, Err: err}
+}
+
+func isCode(err error, code string) bool {
+	var ae smithy.APIError
+	return errors.As(err, &ae) && ae.ErrorCode() == code
 }
 
 func isNetwork(err error) bool {

@@ -14,7 +14,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -23,7 +22,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -268,7 +266,7 @@ func (b *bench) fill(ctx context.Context, w *workload, count int, size int64, pa
 }
 
 func (b *bench) putSynthetic(ctx context.Context, pub *testenv.Publisher, key string, size int64, seed uint64) (testenv.Event, error) {
-	body := newSynthetic(size, seed)
+	body := testenv.NewSynthetic(size, seed)
 	if size <= 256*mib {
 		out, err := b.src.PutObject(ctx, &s3.PutObjectInput{Bucket: &b.srcBkt, Key: &key, Body: body, ContentLength: aws.Int64(size),
 			ContentType: aws.String("application/octet-stream")})
@@ -655,79 +653,4 @@ func rcloneVersion(skip bool) string {
 		return "rclone"
 	}
 	return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
-}
-
-// synthetic is deterministic, incompressible object content generated on
-// the fly, so that filling the source needs no memory or local files.
-type synthetic struct {
-	size  int64
-	off   int64
-	block []byte
-	seed  uint64
-	mu    sync.Mutex
-}
-
-const synthBlock = 1 << 20
-
-var sharedBlock = func() []byte {
-	r := rand.New(rand.NewPCG(1, 2))
-	b := make([]byte, synthBlock)
-	for i := range b {
-		b[i] = byte(r.UintN(256))
-	}
-	return b
-}()
-
-func newSynthetic(size int64, seed uint64) *synthetic {
-	return &synthetic{size: size, block: sharedBlock, seed: seed}
-}
-
-// ReadAt fills p with the bytes at off: the shared random block, with each
-// block's first 16 bytes naming the object and the block's index.
-func (s *synthetic) ReadAt(p []byte, off int64) (int, error) {
-	if off >= s.size {
-		return 0, io.EOF
-	}
-	n := 0
-	for n < len(p) && off < s.size {
-		in := off % synthBlock
-		c := copy(p[n:], s.block[in:min(int64(synthBlock), in+s.size-off)])
-		for i := 0; i < c; i++ {
-			if pos := in + int64(i); pos < 16 {
-				idx := uint64(off/synthBlock) ^ s.seed<<20
-				p[n+i] = byte(idx >> (8 * (pos % 8)))
-			}
-		}
-		n += c
-		off += int64(c)
-	}
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
-}
-
-func (s *synthetic) Read(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n, err := s.ReadAt(p, s.off)
-	s.off += int64(n)
-	return n, err
-}
-
-func (s *synthetic) Seek(offset int64, whence int) (int64, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		offset += s.off
-	case io.SeekEnd:
-		offset += s.size
-	}
-	if offset < 0 {
-		return 0, errors.New("negative offset")
-	}
-	s.off = offset
-	return offset, nil
 }
