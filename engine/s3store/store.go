@@ -154,6 +154,10 @@ func New(ctx context.Context, c Config) (*Store, error) {
 			o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
 		}
 		o.RetryMaxAttempts = 3
+		// No "Expect: 100-continue" before large bodies: it costs a round
+		// trip per part, and the daemon's requests are signed and sized, so
+		// a refusal is rare and cheap to resend from the part buffer.
+		o.ContinueHeaderThresholdBytes = -1
 	})
 	if c.Integrity == "" {
 		c.Integrity = IntegrityCRC32C

@@ -514,7 +514,7 @@ func saveProfile(listen, path string) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	resp, err := http.Get("http://" + listen + "/debug/pprof/profile?seconds=6")
+	resp, err := http.Get("http://" + listen + "/debug/pprof/profile?seconds=7")
 	if err != nil {
 		return
 	}
