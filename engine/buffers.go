@@ -19,13 +19,14 @@ type bufferPool struct {
 	budget int64
 	inUse  *semaphore.Weighted // bytes handed out
 
-	mu    sync.Mutex
-	alloc int64            // bytes held: handed out plus kept free
-	free  map[int][][]byte // kept for reuse, by class
+	mu      sync.Mutex
+	alloc   int64            // bytes held: handed out plus kept free
+	free    map[int][][]byte // kept for reuse, by class
+	dormant map[int][][]byte // memory released, mapping kept, by class
 }
 
 func newBufferPool(budget int64) *bufferPool {
-	return &bufferPool{budget: budget, inUse: semaphore.NewWeighted(budget), free: map[int][][]byte{}}
+	return &bufferPool{budget: budget, inUse: semaphore.NewWeighted(budget), free: map[int][][]byte{}, dormant: map[int][][]byte{}}
 }
 
 // classOf returns the class index and capacity for n bytes.
@@ -50,24 +51,43 @@ func (b *bufferPool) get(ctx context.Context, n int64) ([]byte, error) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if l := b.free[class]; len(l) > 0 {
-		buf := l[len(l)-1]
-		l[len(l)-1] = nil
-		b.free[class] = l[:len(l)-1]
+	if class < 0 {
+		// Rare (a part larger than the whole budget): the heap's.
+		b.alloc += size
+		return make([]byte, n), nil
+	}
+	if buf, ok := pop(b.free, class); ok {
 		return buf[:n], nil
 	}
 	// Make room by dropping kept buffers of other classes; what is handed
 	// out is within the budget, so this always suffices.
 	for c, l := range b.free {
 		for len(l) > 0 && b.alloc+size > b.budget {
-			b.alloc -= int64(cap(l[len(l)-1]))
+			buf := l[len(l)-1]
 			l[len(l)-1] = nil
 			l = l[:len(l)-1]
+			b.alloc -= int64(cap(buf))
+			releaseBuffer(buf)
+			b.dormant[c] = append(b.dormant[c], buf)
 		}
 		b.free[c] = l
 	}
 	b.alloc += size
-	return make([]byte, n, size), nil
+	if buf, ok := pop(b.dormant, class); ok {
+		return buf[:n], nil
+	}
+	return allocBuffer(size)[:n], nil
+}
+
+func pop(lists map[int][][]byte, class int) ([]byte, bool) {
+	l := lists[class]
+	if len(l) == 0 {
+		return nil, false
+	}
+	buf := l[len(l)-1]
+	l[len(l)-1] = nil
+	lists[class] = l[:len(l)-1]
+	return buf, true
 }
 
 // put returns a buffer from get.
@@ -81,7 +101,7 @@ func (b *bufferPool) put(buf []byte) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if class < 0 {
-		b.alloc -= size // one-off: not kept
+		b.alloc -= size // from the heap, not kept
 		return
 	}
 	b.free[class] = append(b.free[class], buf[:0])

@@ -51,6 +51,7 @@ type options struct {
 	skipRC    bool
 	workloads string
 	profile   string
+	destKeys  string
 }
 
 func main() {
@@ -62,6 +63,7 @@ func main() {
 	flag.IntVar(&o.w2Count, "w2-count", 8, "objects in W2 (few large objects)")
 	flag.StringVar(&w2Size, "w2-size", "128MiB", "size of each W2 object")
 	flag.StringVar(&bigSize, "memcheck-size", "2GiB", "object size of the memory check (0 skips it)")
+	flag.StringVar(&o.destKeys, "destination", "", "extra keys of s3replicad's destination, e.g. 'integrity: md5'")
 	flag.StringVar(&o.transfer, "transfer", "", "extra YAML under transfer: for s3replicad, e.g. '{workers: 32}'")
 	flag.StringVar(&o.workDir, "dir", "", "where the servers keep their data (default: a temporary directory)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the data directory afterwards")
@@ -336,6 +338,10 @@ func (b *bench) daemonCopy(ctx context.Context, w *workload, bucket string) (mea
 	if err != nil {
 		return measurement{}, err
 	}
+	destKeys := ""
+	if b.o.destKeys != "" {
+		destKeys = ", " + b.o.destKeys
+	}
 	transfer := ""
 	if b.o.transfer != "" {
 		transfer = "transfer: " + b.o.transfer + "\n"
@@ -346,11 +352,11 @@ log: {level: warn}
 queue: {url: %s, endpoint: %s, access_key_id: %s, secret_access_key: %s, wait_time: 1s}
 source: {endpoint: %s, path_style: true, access_key_id: %s, secret_access_key: %s}
 destinations:
-  - {name: bench, endpoint: %s, path_style: true, access_key_id: %s, secret_access_key: %s}
+  - {name: bench, endpoint: %s, path_style: true, access_key_id: %s, secret_access_key: %s%s}
 rules:
   - {id: bench, source_bucket: %s, destination: bench, destination_bucket: %s}
 %s`, filepath.Join(dir, "state"), listen, queueURL, b.env.SQS, testenv.AccessKey, testenv.SecretKey,
-		b.env.Source, testenv.AccessKey, testenv.SecretKey, b.env.Destination, testenv.AccessKey, testenv.SecretKey,
+		b.env.Source, testenv.AccessKey, testenv.SecretKey, b.env.Destination, testenv.AccessKey, testenv.SecretKey, destKeys,
 		b.srcBkt, bucket, transfer)
 	cfgPath := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
