@@ -414,4 +414,3 @@ func (e *Engine) sendPart(ctx context.Context, dest Destination, cp ServerSideCo
 	}
 	return etag, nil
 }
-
