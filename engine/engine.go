@@ -37,7 +37,7 @@ type Config struct {
 	// BandwidthLimit caps the bytes per second written to a destination.
 	BandwidthLimit map[string]int64
 	// BufferMemory bounds the bytes held in copy buffers (objects copied
-	// in one PUT and parts); 0 means two parts per part slot.
+	// in one PUT and parts); 0 means one part per part slot.
 	BufferMemory      int64
 	VisibilityTimeout time.Duration
 	// DrainTimeout bounds how long copies already running may go on after
@@ -92,7 +92,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.MultipartThreshold = 32 << 20
 	}
 	if cfg.BufferMemory <= 0 {
-		cfg.BufferMemory = 2 * int64(cfg.PartConcurrency) * cfg.PartSize
+		cfg.BufferMemory = int64(cfg.PartConcurrency) * cfg.PartSize
 	}
 	if cfg.VisibilityTimeout <= 0 {
 		cfg.VisibilityTimeout = 5 * time.Minute

@@ -463,7 +463,7 @@ func (c *Config) applyDefaults() {
 		c.Transfer.MultipartThreshold = 32 << 20
 	}
 	if c.Transfer.BufferMemory == 0 {
-		c.Transfer.BufferMemory = 2 * Size(c.Transfer.PartConcurrency) * c.Transfer.PartSize
+		c.Transfer.BufferMemory = Size(c.Transfer.PartConcurrency) * c.Transfer.PartSize
 	}
 	for i := range c.Destinations {
 		d := &c.Destinations[i]
@@ -611,7 +611,7 @@ func (c *Config) validate() []string {
 		add("transfer.multipart_threshold", "must be between 0 and 5GiB (the largest single PUT)")
 	}
 	if t.BufferMemory < t.PartSize {
-		add("transfer.buffer_memory", "must be at least transfer.part_size (%s); the default is 2 x part_concurrency x part_size", humanBytes(int64(t.PartSize)))
+		add("transfer.buffer_memory", "must be at least transfer.part_size (%s); the default is part_concurrency x part_size", humanBytes(int64(t.PartSize)))
 	} else if t.BufferMemory > 64<<30 {
 		add("transfer.buffer_memory", "must be at most 64GiB")
 	}

@@ -39,7 +39,7 @@ func TestConfigDefaultsAndExpansion(t *testing.T) {
 		t.Fatalf("defaults not applied: %+v", cfg)
 	}
 	d := cfg.Destinations[0]
-	if cfg.Transfer.BufferMemory != 2*8*16<<20 || d.Integrity != "crc32c" || d.ServerSideCopy != "auto" || d.BandwidthLimit != 0 {
+	if cfg.Transfer.BufferMemory != 8*16<<20 || d.Integrity != "crc32c" || d.ServerSideCopy != "auto" || d.BandwidthLimit != 0 {
 		t.Fatalf("transfer defaults not applied: buffers %d, integrity %q, server-side copy %q, bandwidth %d",
 			cfg.Transfer.BufferMemory, d.Integrity, d.ServerSideCopy, d.BandwidthLimit)
 	}
