@@ -123,6 +123,7 @@ type measurement struct {
 	maxRSS    int64 // bytes
 	serverCPU time.Duration
 	sqsCPU    time.Duration
+	startup   time.Duration // s3replicad: until it serves /metrics
 }
 
 // serverUse is the servers' CPU since before: both S3 servers and, apart,
@@ -378,9 +379,12 @@ rules:
 		go saveProfile(listen, fmt.Sprintf("%s-%s.pprof", b.o.profile, bucket))
 	}
 	want := float64(len(w.events))
-	var wall, serverCPU, sqsCPU time.Duration
+	var wall, serverCPU, sqsCPU, startup time.Duration
 	for {
 		text := scrape(listen)
+		if startup == 0 && text != "" {
+			startup = time.Since(start)
+		}
 		if metric(text, `s3replicad_replicated_objects_total{rule="bench"}`) >= want {
 			wall = time.Since(start)
 			serverCPU, sqsCPU = b.serverUse(cpu0)
@@ -403,7 +407,7 @@ rules:
 		return measurement{}, fmt.Errorf("daemon exit: %w (see %s)", err, logf.Name())
 	}
 	m := usage(cmd.ProcessState)
-	m.wall, m.serverCPU, m.sqsCPU = wall, serverCPU, sqsCPU
+	m.wall, m.serverCPU, m.sqsCPU, m.startup = wall, serverCPU, sqsCPU, startup
 	return m, b.check(ctx, bucket, w)
 }
 
@@ -543,8 +547,12 @@ func usage(ps *os.ProcessState) measurement {
 
 func (m measurement) line(w *workload) string {
 	s := m.wall.Seconds()
-	return fmt.Sprintf("%7.2fs %8.1f obj/s %7.1f MB/s  cpu %5.2fs  rss %6.1f MiB  S3 servers' cpu %5.2fs, SQS %4.2fs",
-		s, float64(len(w.events))/s, float64(w.bytes)/1e6/s, m.cpu.Seconds(), float64(m.maxRSS)/mib, m.serverCPU.Seconds(), m.sqsCPU.Seconds())
+	up := ""
+	if m.startup > 0 {
+		up = fmt.Sprintf("  (start-up %.2fs)", m.startup.Seconds())
+	}
+	return fmt.Sprintf("%7.2fs %8.1f obj/s %7.1f MB/s  cpu %5.2fs  rss %6.1f MiB  S3 servers' cpu %5.2fs, SQS %4.2fs%s",
+		s, float64(len(w.events))/s, float64(w.bytes)/1e6/s, m.cpu.Seconds(), float64(m.maxRSS)/mib, m.serverCPU.Seconds(), m.sqsCPU.Seconds(), up)
 }
 
 func median(ms []measurement, f func(measurement) float64) float64 {
