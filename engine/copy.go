@@ -15,9 +15,10 @@ import (
 
 // S3's multipart limits.
 const (
-	maxParts    = 10000
-	minPartSize = 5 << 20
-	maxPartSize = 5 << 30
+	maxParts      = 10000
+	minPartSize   = 5 << 20
+	maxPartSize   = 5 << 30
+	maxObjectSize = 5 << 40
 )
 
 // replicate writes op's version to the destination and returns the
@@ -243,6 +244,10 @@ func (e *Engine) copyMultipart(ctx context.Context, rule *Rule, dest Destination
 	if err != nil {
 		return "", err
 	}
+	if head.Size > maxObjectSize {
+		return "", &Error{Class: Permanent, Reason: ReasonInvalid,
+			Err: fmt.Errorf("%s has %d bytes, more than S3's 5 TiB object limit", op, head.Size)}
+	}
 	if err := e.readTags(ctx, op, head); err != nil {
 		return "", err
 	}
@@ -273,12 +278,33 @@ func (e *Engine) copyMultipart(ctx context.Context, rule *Rule, dest Destination
 	}
 	parts := slices.Clone(up.Parts)
 	slices.SortFunc(parts, func(a, b Part) int { return int(a.Number - b.Number) })
+	var sum int64
+	for _, p := range parts {
+		sum += p.Size
+	}
+	if sum != up.Size {
+		// Cannot happen unless the record is damaged: start over.
+		e.abandon(ctx, dest, op, up)
+		return "", &Error{Class: Transient, Reason: ReasonIntegrity,
+			Err: fmt.Errorf("parts of %s add up to %d bytes, not %d; copying again", op, sum, up.Size)}
+	}
 	v, err := dest.CompleteMultipart(ctx, op.DestBucket, op.DestKey, up.UploadID, parts)
 	if err != nil {
 		if c, _ := Classify(err); c != Transient {
 			e.abandon(ctx, dest, op, up)
 		}
 		return "", fmt.Errorf("complete multipart upload of %s/%s: %w", op.DestBucket, op.DestKey, err)
+	}
+	// The parts were each checked; check the whole object's size too.
+	if size, _, _, err := dest.Head(ctx, op.DestBucket, op.DestKey, v); err != nil {
+		e.log.Warn("cannot check the size of a completed multipart replica", "key", op.DestKey, "replica", v, "err", err)
+	} else if size != up.Size {
+		_ = e.cfg.State.DeleteUpload(op.ID())
+		// Failed for the operator to see; `retry` writes a new replica
+		// rather than finding this one.
+		op.WriteStarted = time.Time{}
+		return "", &Error{Class: Permanent, Reason: ReasonIntegrity,
+			Err: fmt.Errorf("replica %s of %s has %d bytes, the source %d", v, op, size, up.Size)}
 	}
 	if err := e.cfg.State.DeleteUpload(op.ID()); err != nil {
 		e.log.Warn("cannot forget finished upload", "err", err)

@@ -104,6 +104,14 @@ func (m *memStore) PutDeleteMarker(_ context.Context, bucket, key string) (strin
 	return m.add(bucket, key, memVersion{marker: true}), nil
 }
 
+func (m *memStore) Head(_ context.Context, bucket, key, id string) (int64, string, map[string]string, error) {
+	v, ok := m.find(bucket, key, id)
+	if !ok {
+		return 0, "", nil, &engine.Error{Class: engine.Permanent, Reason: engine.ReasonInvalid, Err: errors.New("NoSuchVersion")}
+	}
+	return int64(len(v.body)), "", v.meta.Metadata, nil
+}
+
 func (m *memStore) FindReplica(_ context.Context, bucket, key string, a engine.Action, src string, since time.Time) (string, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -240,6 +240,8 @@ type Destination interface {
 	CompleteMultipart(ctx context.Context, bucket, key, uploadID string, parts []Part) (string, error)
 	AbortMultipart(ctx context.Context, bucket, key, uploadID string) error
 	PutDeleteMarker(ctx context.Context, bucket, key string) (string, error)
+	// Head returns a version's size, ETag and user metadata.
+	Head(ctx context.Context, bucket, key, versionID string) (int64, string, map[string]string, error)
 	// FindReplica looks for a version of key written at or after since that
 	// replicates sourceVersion (or, for a delete marker, a delete marker).
 	FindReplica(ctx context.Context, bucket, key string, a Action, sourceVersion string, since time.Time) (string, bool, error)
