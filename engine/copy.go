@@ -27,7 +27,7 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 	if !op.WriteStarted.IsZero() {
 		// A write may have landed before a crash or a lost response: look
 		// for it rather than writing a second replica.
-		v, found, err := dest.FindReplica(ctx, op.DestBucket, op.DestKey, op.Action, op.VersionID, op.WriteStarted)
+		v, found, err := dest.FindReplica(ctx, op.DestBucket, op.DestKey, op.Action, op.VersionID, op.Pass, op.WriteStarted)
 		if err != nil {
 			return "", fmt.Errorf("look for an earlier replica of %s: %w", op, err)
 		}
@@ -152,6 +152,9 @@ func replicaMeta(rule *Rule, op *Op, obj *Object) ObjectMeta {
 	m.Metadata[MetaSourceVersion] = v
 	if obj.ETag != "" {
 		m.Metadata[MetaSourceETag] = obj.ETag
+	}
+	if op.Pass != "" {
+		m.Metadata[MetaPass] = op.Pass
 	}
 	m.StorageClass = rule.StorageClass
 	return m

@@ -112,12 +112,13 @@ func (m *memStore) Head(_ context.Context, bucket, key, id string) (int64, strin
 	return int64(len(v.body)), "", v.meta.Metadata, nil
 }
 
-func (m *memStore) FindReplica(_ context.Context, bucket, key string, a engine.Action, src string, since time.Time) (string, bool, error) {
+func (m *memStore) FindReplica(_ context.Context, bucket, key string, a engine.Action, src, pass string, since time.Time) (string, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	vs := m.versions[bucket+"/"+key]
 	for i := len(vs) - 1; i >= 0; i-- {
-		if (a == engine.ActionDeleteMarker && vs[i].marker) || vs[i].meta.Metadata[engine.MetaSourceVersion] == src {
+		md := vs[i].meta.Metadata
+		if (a == engine.ActionDeleteMarker && vs[i].marker) || md[engine.MetaSourceVersion] == src && md[engine.MetaPass] == pass {
 			return vs[i].id, true, nil
 		}
 	}
@@ -261,5 +262,34 @@ func TestPartSizeFor(t *testing.T) {
 		if (c.size+got-1)/got > 10000 {
 			t.Errorf("PartSizeFor(%d) gives more than 10,000 parts", c.size)
 		}
+	}
+}
+
+// A deliberate second copy (a backfill repairing a key) that crashes after
+// its write mark does not mistake the first copy for its own: it writes
+// once, and its replica carries the pass.
+func TestSecondPassIsNotTheFirstCopy(t *testing.T) {
+	store, err := checkpoint.Open(t.TempDir(), checkpoint.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	src, dst := newMem(), newMem()
+	v := src.add("src", "k", memVersion{body: []byte("current")})
+	runEngine(t, store, src, dst, []*engine.Op{op("k", v, "01")}, func() bool { return dst.puts.Load() == 1 })
+
+	again := op("k", v, "01")
+	again.Pass, again.Origin, again.Sequencer = "current-1", engine.OriginBackfill, "" // backfill knows no sequencer
+	again.State, again.WriteStarted = engine.InFlight, time.Now() // as left by a crash
+	if err := store.Save(context.Background(), again); err != nil {
+		t.Fatal(err)
+	}
+	runEngine(t, store, src, dst, nil, func() bool {
+		o, _ := store.Get(again.ID())
+		return o.State == engine.Completed
+	})
+	got := dst.versions["dst/k"]
+	if len(got) != 2 || got[1].meta.Metadata[engine.MetaPass] != "current-1" || string(got[1].body) != "current" {
+		t.Fatalf("destination history after the second pass: %d versions %+v, want the first copy and one marked current-1", len(got), got)
 	}
 }

@@ -243,8 +243,9 @@ type Destination interface {
 	// Head returns a version's size, ETag and user metadata.
 	Head(ctx context.Context, bucket, key, versionID string) (int64, string, map[string]string, error)
 	// FindReplica looks for a version of key written at or after since that
-	// replicates sourceVersion (or, for a delete marker, a delete marker).
-	FindReplica(ctx context.Context, bucket, key string, a Action, sourceVersion string, since time.Time) (string, bool, error)
+	// replicates sourceVersion in the given pass (or, for a delete marker, a
+	// delete marker).
+	FindReplica(ctx context.Context, bucket, key string, a Action, sourceVersion, pass string, since time.Time) (string, bool, error)
 }
 
 // ErrCopyUnsupported is wrapped by a ServerSideCopier whose store cannot
@@ -274,6 +275,9 @@ type ObjectStore interface {
 const (
 	MetaSourceVersion = "s3replicad-source-version-id"
 	MetaSourceETag    = "s3replicad-source-etag"
+	// MetaPass marks a deliberate second copy (Op.Pass), so that after a
+	// crash the copy is not mistaken for the first one.
+	MetaPass = "s3replicad-pass"
 )
 
 // Class says how an error from a store should be handled.

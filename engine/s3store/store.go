@@ -506,7 +506,7 @@ func (s *Store) PutDeleteMarker(ctx context.Context, bucket, key string) (string
 const clockSlack = 5 * time.Minute
 
 // FindReplica implements engine.Destination.
-func (s *Store) FindReplica(ctx context.Context, bucket, key string, a engine.Action, sourceVersion string, since time.Time) (string, bool, error) {
+func (s *Store) FindReplica(ctx context.Context, bucket, key string, a engine.Action, sourceVersion, pass string, since time.Time) (string, bool, error) {
 	if sourceVersion == "" {
 		sourceVersion = "null"
 	}
@@ -540,7 +540,7 @@ func (s *Store) FindReplica(ctx context.Context, bucket, key string, a engine.Ac
 			if err != nil {
 				return "", false, classify(err, false)
 			}
-			if head.Metadata[engine.MetaSourceVersion] == sourceVersion {
+			if head.Metadata[engine.MetaSourceVersion] == sourceVersion && head.Metadata[engine.MetaPass] == pass {
 				return v.VersionID, true, nil
 			}
 		}
