@@ -280,7 +280,7 @@ func TestSecondPassIsNotTheFirstCopy(t *testing.T) {
 
 	again := op("k", v, "01")
 	again.Pass, again.Origin, again.Sequencer = "current-1", engine.OriginBackfill, "" // backfill knows no sequencer
-	again.State, again.WriteStarted = engine.InFlight, time.Now() // as left by a crash
+	again.State, again.WriteStarted = engine.InFlight, time.Now()                      // as left by a crash
 	if err := store.Save(context.Background(), again); err != nil {
 		t.Fatal(err)
 	}
