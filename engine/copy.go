@@ -58,6 +58,11 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 	if op.Size > e.cfg.MultipartThreshold {
 		return e.copyMultipart(ctx, rule, dest, op, nil)
 	}
+	// The write mark is committed while the GET runs: the commit's latency
+	// is off the critical path. Marking a little early only means that a
+	// crash before the PUT costs a look at the destination.
+	mark := e.markAsync(op)
+	defer mark.wait()
 	obj, err := e.cfg.Source.Get(ctx, op.Bucket, op.Key, op.VersionID, nil)
 	if err != nil {
 		return "", fmt.Errorf("get %s: %w", op, err)
@@ -66,6 +71,9 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 		// The event did not tell the size; now we know it is large.
 		obj.Body.Close()
 		e.learnSize(op, obj.Size)
+		if err := mark.wait(); err != nil {
+			return "", err
+		}
 		return e.copyMultipart(ctx, rule, dest, op, nil)
 	}
 	e.learnSize(op, obj.Size)
@@ -84,7 +92,7 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 	if err := e.readTags(ctx, op, obj); err != nil {
 		return "", err
 	}
-	if err := e.startWrite(ctx, op); err != nil {
+	if err := mark.wait(); err != nil {
 		return "", err
 	}
 	v, err := dest.Put(ctx, op.DestBucket, op.DestKey, replicaMeta(rule, op, obj), buf)
@@ -135,6 +143,39 @@ func (e *Engine) startWrite(ctx context.Context, op *Op) error {
 		return fmt.Errorf("record write start: %w", err)
 	}
 	return nil
+}
+
+// writeMark is a write mark being committed.
+type writeMark struct {
+	done chan struct{}
+	err  error
+}
+
+// markAsync sets op's write mark and commits it in the background; wait
+// returns the commit's result. Ops already marked commit nothing.
+func (e *Engine) markAsync(op *Op) *writeMark {
+	m := &writeMark{done: make(chan struct{})}
+	if !op.WriteStarted.IsZero() && op.State == InFlight {
+		close(m.done)
+		return m
+	}
+	op.State = InFlight
+	if op.WriteStarted.IsZero() {
+		op.WriteStarted = time.Now()
+	}
+	snapshot := *op // the copier goes on changing op (its size)
+	go func() {
+		defer close(m.done)
+		if err := e.cfg.State.Save(context.Background(), &snapshot); err != nil {
+			m.err = fmt.Errorf("record write start: %w", err)
+		}
+	}()
+	return m
+}
+
+func (m *writeMark) wait() error {
+	<-m.done
+	return m.err
 }
 
 // replicaMeta is what the replica carries: the source's headers, user

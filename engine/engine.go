@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -62,6 +63,11 @@ type Engine struct {
 	dests   map[string]Destination  // wrapped in their limits
 	inStore map[string]*atomic.Bool // server-side copy still allowed
 
+	// finishing counts the completions being committed in the background,
+	// at most cap(finishers) at a time.
+	finishing sync.WaitGroup
+	finishers chan struct{}
+
 	ready  atomic.Bool
 	loaded chan struct{}
 }
@@ -110,11 +116,12 @@ func New(cfg Config) (*Engine, error) {
 		cfg.Registerer = prometheus.NewRegistry()
 	}
 	e := &Engine{
-		cfg:    cfg,
-		rules:  NewRules(cfg.Rules),
-		log:    cfg.Logger,
-		sched:  newScheduler(),
-		loaded: make(chan struct{}),
+		cfg:       cfg,
+		rules:     NewRules(cfg.Rules),
+		log:       cfg.Logger,
+		sched:     newScheduler(),
+		loaded:    make(chan struct{}),
+		finishers: make(chan struct{}, cfg.Workers),
 	}
 	e.buffers = newBufferPool(e.cfg.BufferMemory)
 	names := slices.Sorted(maps.Keys(cfg.Destinations))
@@ -178,6 +185,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.ready.Store(true)
 	}
 	err := g.Wait()
+	e.finishing.Wait()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
@@ -471,7 +479,20 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 		return
 	}
 	op.Replica = replica
-	e.finish(ctx, op, Completed, "")
+	// The worker goes on to the next op while the state file commits this
+	// one; the key stays taken until then, so its order holds.
+	select {
+	case e.finishers <- struct{}{}:
+	case <-ctx.Done():
+		e.finish(ctx, op, Completed, "")
+		return
+	}
+	e.finishing.Add(1)
+	go func() {
+		defer e.finishing.Done()
+		defer func() { <-e.finishers }()
+		e.finish(ctx, op, Completed, "")
+	}()
 }
 
 // finish records a terminal state and releases the op's key.
