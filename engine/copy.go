@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"maps"
 	"slices"
@@ -83,7 +84,7 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 		return "", err
 	}
 	defer e.buffers.put(buf)
-	n, err := io.ReadFull(obj.Body, buf)
+	n, crc, err := readFull(obj.Body, buf)
 	obj.Body.Close()
 	e.m.sourceBytes.Add(float64(n))
 	if err != nil {
@@ -95,7 +96,7 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 	if err := mark.wait(); err != nil {
 		return "", err
 	}
-	v, err := dest.Put(ctx, op.DestBucket, op.DestKey, replicaMeta(rule, op, obj), buf)
+	v, err := dest.Put(ctx, op.DestBucket, op.DestKey, replicaMeta(rule, op, obj), Payload{buf, crc})
 	if err != nil {
 		return "", fmt.Errorf("put %s/%s: %w", op.DestBucket, op.DestKey, err)
 	}
@@ -466,21 +467,43 @@ func (e *Engine) sendPart(ctx context.Context, dest Destination, cp ServerSideCo
 		return "", err
 	}
 	defer e.buffers.put(buf)
+	var crc uint32
 	if size > 0 {
 		obj, err := e.cfg.Source.Get(ctx, op.Bucket, op.Key, op.VersionID, &r)
 		if err != nil {
 			return "", fmt.Errorf("get part %d of %s: %w", n, op, err)
 		}
-		got, err := io.ReadFull(obj.Body, buf)
+		var got int
+		got, crc, err = readFull(obj.Body, buf)
 		obj.Body.Close()
 		e.m.sourceBytes.Add(float64(got))
 		if err != nil {
 			return "", fmt.Errorf("read part %d of %s: got %d of %d bytes: %w", n, op, got, size, err)
 		}
 	}
-	etag, err := dest.UploadPart(ctx, op.DestBucket, op.DestKey, up.UploadID, n, buf)
+	etag, err := dest.UploadPart(ctx, op.DestBucket, op.DestKey, up.UploadID, n, Payload{buf, crc})
 	if err != nil {
 		return "", fmt.Errorf("upload part %d of %s/%s: %w", n, op.DestBucket, op.DestKey, err)
 	}
 	return etag, nil
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// readFull fills buf from r and returns the CRC32C of what it read,
+// computed a slice at a time right after each slice arrives: summing the
+// whole buffer afterwards would read it back from memory.
+func readFull(r io.Reader, buf []byte) (int, uint32, error) {
+	const slice = 256 << 10
+	var crc uint32
+	n := 0
+	for n < len(buf) {
+		m, err := io.ReadFull(r, buf[n:min(n+slice, len(buf))])
+		crc = crc32.Update(crc, castagnoli, buf[n:n+m])
+		n += m
+		if err != nil {
+			return n, crc, err
+		}
+	}
+	return n, crc, nil
 }

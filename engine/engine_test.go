@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -82,14 +83,17 @@ func (m *memStore) ListVersions(context.Context, string, string, string, string)
 	return engine.VersionPage{}, nil
 }
 
-func (m *memStore) Put(_ context.Context, bucket, key string, meta engine.ObjectMeta, body []byte) (string, error) {
-	return m.add(bucket, key, memVersion{body: bytes.Clone(body), meta: meta}), nil
+func (m *memStore) Put(_ context.Context, bucket, key string, meta engine.ObjectMeta, body engine.Payload) (string, error) {
+	if crc32.Checksum(body.Data, crc32.MakeTable(crc32.Castagnoli)) != body.CRC32C {
+		return "", &engine.Error{Class: engine.Transient, Reason: engine.ReasonIntegrity, Err: errors.New("BadDigest")}
+	}
+	return m.add(bucket, key, memVersion{body: bytes.Clone(body.Data), meta: meta}), nil
 }
 
 func (m *memStore) CreateMultipart(context.Context, string, string, engine.ObjectMeta) (string, error) {
 	return "", errors.New("not used")
 }
-func (m *memStore) UploadPart(context.Context, string, string, string, int32, []byte) (string, error) {
+func (m *memStore) UploadPart(context.Context, string, string, string, int32, engine.Payload) (string, error) {
 	return "", errors.New("not used")
 }
 func (m *memStore) ListParts(context.Context, string, string, string) ([]engine.Part, error) {

@@ -135,16 +135,16 @@ func (d *limitedDest) do(ctx context.Context, n int64, f func() error) error {
 	return err
 }
 
-func (d *limitedDest) Put(ctx context.Context, bucket, key string, meta ObjectMeta, body []byte) (v string, err error) {
-	err = d.do(ctx, int64(len(body)), func() error {
+func (d *limitedDest) Put(ctx context.Context, bucket, key string, meta ObjectMeta, body Payload) (v string, err error) {
+	err = d.do(ctx, int64(len(body.Data)), func() error {
 		v, err = d.Destination.Put(ctx, bucket, key, meta, body)
 		return err
 	})
 	return v, err
 }
 
-func (d *limitedDest) UploadPart(ctx context.Context, bucket, key, uploadID string, n int32, body []byte) (etag string, err error) {
-	err = d.do(ctx, int64(len(body)), func() error {
+func (d *limitedDest) UploadPart(ctx context.Context, bucket, key, uploadID string, n int32, body Payload) (etag string, err error) {
+	err = d.do(ctx, int64(len(body.Data)), func() error {
 		etag, err = d.Destination.UploadPart(ctx, bucket, key, uploadID, n, body)
 		return err
 	})

@@ -224,6 +224,13 @@ type VersionPage struct {
 	Truncated           bool
 }
 
+// Payload is bytes to write, with their CRC32C (Castagnoli) computed as
+// they were read, while they were still in the CPU's cache.
+type Payload struct {
+	Data   []byte
+	CRC32C uint32
+}
+
 // Source is the store replicated from.
 type Source interface {
 	Get(ctx context.Context, bucket, key, versionID string, r *ByteRange) (*Object, error)
@@ -233,9 +240,9 @@ type Source interface {
 
 // Destination is the store replicated to.
 type Destination interface {
-	Put(ctx context.Context, bucket, key string, meta ObjectMeta, body []byte) (string, error)
+	Put(ctx context.Context, bucket, key string, meta ObjectMeta, body Payload) (string, error)
 	CreateMultipart(ctx context.Context, bucket, key string, meta ObjectMeta) (string, error)
-	UploadPart(ctx context.Context, bucket, key, uploadID string, n int32, body []byte) (string, error)
+	UploadPart(ctx context.Context, bucket, key, uploadID string, n int32, body Payload) (string, error)
 	ListParts(ctx context.Context, bucket, key, uploadID string) ([]Part, error)
 	CompleteMultipart(ctx context.Context, bucket, key, uploadID string, parts []Part) (string, error)
 	AbortMultipart(ctx context.Context, bucket, key, uploadID string) error

@@ -13,7 +13,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"net"
 	"net/http"
 	"net/url"
@@ -286,25 +285,24 @@ func versionOrEmpty(v *string) string {
 // CPU spent per byte (and the store's, which would check it).
 var unsignedPayload = s3.WithAPIOptions(v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-// integrityOf returns the Content-MD5 or x-amz-checksum-crc32c value for body.
-func (s *Store) integrityOf(body []byte) (contentMD5, crc32c *string) {
+// integrityOf returns the Content-MD5 or x-amz-checksum-crc32c value for a
+// payload; its CRC32C was computed as it was read.
+func (s *Store) integrityOf(body engine.Payload) (contentMD5, crc32c *string) {
 	if s.integrity == IntegrityMD5 {
-		sum := md5.Sum(body)
+		sum := md5.Sum(body.Data)
 		return aws.String(base64.StdEncoding.EncodeToString(sum[:])), nil
 	}
 	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], crc32.Checksum(body, castagnoli))
+	binary.BigEndian.PutUint32(b[:], body.CRC32C)
 	return nil, aws.String(base64.StdEncoding.EncodeToString(b[:]))
 }
 
 // Put implements engine.Destination.
-func (s *Store) Put(ctx context.Context, bucket, key string, meta engine.ObjectMeta, body []byte) (string, error) {
+func (s *Store) Put(ctx context.Context, bucket, key string, meta engine.ObjectMeta, body engine.Payload) (string, error) {
 	in := &s3.PutObjectInput{
 		Bucket: &bucket, Key: &key,
-		Body:          bytes.NewReader(body),
-		ContentLength: aws.Int64(int64(len(body))),
+		Body:          bytes.NewReader(body.Data),
+		ContentLength: aws.Int64(int64(len(body.Data))),
 	}
 	in.ContentMD5, in.ChecksumCRC32C = s.integrityOf(body)
 	applyPut(in, meta)
@@ -442,10 +440,10 @@ func (s *Store) CreateMultipart(ctx context.Context, bucket, key string, meta en
 
 // UploadPart implements engine.Destination; the integrity header makes
 // the store check the part's bytes.
-func (s *Store) UploadPart(ctx context.Context, bucket, key, uploadID string, n int32, body []byte) (string, error) {
+func (s *Store) UploadPart(ctx context.Context, bucket, key, uploadID string, n int32, body engine.Payload) (string, error) {
 	in := &s3.UploadPartInput{
 		Bucket: &bucket, Key: &key, UploadId: &uploadID, PartNumber: aws.Int32(n),
-		Body: bytes.NewReader(body), ContentLength: aws.Int64(int64(len(body))),
+		Body: bytes.NewReader(body.Data), ContentLength: aws.Int64(int64(len(body.Data))),
 	}
 	in.ContentMD5, in.ChecksumCRC32C = s.integrityOf(body)
 	out, err := s.client.UploadPart(ctx, in, unsignedPayload)
