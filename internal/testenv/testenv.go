@@ -131,7 +131,9 @@ func (e *Env) startS3(bin, name string, versioning bool) (string, error) {
 		return "", err
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	args := []string{"--port", addr, "--health", "/health", "--quiet", "posix"}
+	// Keep-alive as every production S3 endpoint has it: without it each
+	// request pays a new TCP connection on both sides.
+	args := []string{"--port", addr, "--health", "/health", "--quiet", "--keep-alive", "posix"}
 	if versioning {
 		vdir := filepath.Join(e.dir, name, "versions")
 		if err := os.MkdirAll(vdir, 0o755); err != nil {
