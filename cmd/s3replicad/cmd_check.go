@@ -92,6 +92,15 @@ func cmdCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer
 			}
 		}
 	}
+	inStore := cfg.ServerSideCopy()
+	for _, d := range cfg.Destinations {
+		if inStore[d.Name] {
+			fmt.Fprintf(stdout, "note: destination %s is the source's endpoint: copies are made inside the store when its credentials can read the source (server_side_copy: auto)\n", d.Name)
+		}
+		if d.BandwidthLimit > 0 {
+			fmt.Fprintf(stdout, "note: writes to destination %s are limited to %s/s\n", d.Name, humanBytes(int64(d.BandwidthLimit)))
+		}
+	}
 	if _, _, err := net.SplitHostPort(cfg.Listen); err == nil {
 		if ln, err := net.Listen("tcp", cfg.Listen); err != nil {
 			// Fine when the daemon itself is listening there.

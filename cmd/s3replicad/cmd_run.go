@@ -130,7 +130,13 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	log.Info("s3replicad starting", "version", version, "listen", srv.Addr(), "state", r.state.Path(),
-		"queue", cfg.Queue.URL, "rules", len(cfg.Rules), "workers", cfg.Transfer.Workers)
+		"queue", cfg.Queue.URL, "rules", len(cfg.Rules), "workers", cfg.Transfer.Workers,
+		"buffer_memory", humanBytes(int64(cfg.Transfer.BufferMemory)))
+	for name, on := range cfg.ServerSideCopy() {
+		if on {
+			log.Info("destination shares the source's endpoint: copying inside the store", "destination", name)
+		}
+	}
 
 	// A shutdown that hangs past its budget must not hang systemd.
 	stopWatchdog := context.AfterFunc(ctx, func() {
