@@ -683,6 +683,7 @@ func (e EndpointConfig) storeConfig(maxConns int) s3store.Config {
 		Endpoint: e.Endpoint, Region: e.Region, PathStyle: e.PathStyle,
 		AccessKeyID: e.AccessKeyID, SecretAccessKey: e.SecretAccessKey.Reveal(), SessionToken: e.SessionToken.Reveal(),
 		CAFile: e.CAFile, Checksums: e.Checksums, MaxConns: maxConns,
+		UserAgent: "s3replicad/" + version,
 	}
 }
 

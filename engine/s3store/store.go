@@ -30,6 +30,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/middleware"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/s3replicad/s3replicad/engine"
 )
@@ -64,6 +66,9 @@ type Config struct {
 	Integrity       string // IntegrityCRC32C (default) or IntegrityMD5
 	// MaxConns bounds idle connections kept per host.
 	MaxConns int
+	// UserAgent, when set, is sent instead of the SDK's, which is rebuilt
+	// for every request at a cost noticeable on small objects.
+	UserAgent string
 }
 
 // Store is one S3 endpoint.
@@ -157,11 +162,31 @@ func New(ctx context.Context, c Config) (*Store, error) {
 		// trip per part, and the daemon's requests are signed and sized, so
 		// a refusal is rare and cheap to resend from the part buffer.
 		o.ContinueHeaderThresholdBytes = -1
+		if c.UserAgent != "" {
+			o.APIOptions = append(o.APIOptions, staticUserAgent(c.UserAgent))
+		}
 	})
 	if c.Integrity == "" {
 		c.Integrity = IntegrityCRC32C
 	}
 	return &Store{client: client, endpoint: c.Endpoint, region: c.Region, integrity: c.Integrity}, nil
+}
+
+// staticUserAgent replaces the SDK's User-Agent middleware with one that
+// sets a fixed header.
+func staticUserAgent(ua string) func(*middleware.Stack) error {
+	return func(st *middleware.Stack) error {
+		if _, err := st.Build.Remove("UserAgent"); err != nil {
+			return nil // not there: leave the stack alone
+		}
+		return st.Build.Add(middleware.BuildMiddlewareFunc("s3replicad:UserAgent",
+			func(ctx context.Context, in middleware.BuildInput, next middleware.BuildHandler) (middleware.BuildOutput, middleware.Metadata, error) {
+				if req, ok := in.Request.(*smithyhttp.Request); ok {
+					req.Header.Set("User-Agent", ua)
+				}
+				return next.HandleBuild(ctx, in)
+			}), middleware.After)
+	}
 }
 
 // Client exposes the SDK client (check-config and verify use it directly).

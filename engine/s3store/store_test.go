@@ -1,0 +1,90 @@
+package s3store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+
+	"github.com/s3replicad/s3replicad/engine"
+)
+
+// fakeS3 answers every request with one canned S3 error and records what
+// it was sent.
+func fakeS3(t *testing.T, status int, code string) (*Store, func() *http.Request) {
+	var mu sync.Mutex
+	var last *http.Request
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		last = r.Clone(context.Background())
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/xml")
+		w.WriteHeader(status)
+		fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>canned</Message></Error>`, code)
+	}))
+	t.Cleanup(srv.Close)
+	st, err := New(context.Background(), Config{Endpoint: srv.URL, PathStyle: true, AccessKeyID: "AK", SecretAccessKey: "SK", UserAgent: "s3replicad/test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One attempt: the engine retries, and the test wants the first answer.
+	return st, func() *http.Request { mu.Lock(); defer mu.Unlock(); return last }
+}
+
+func TestErrorsAreClassifiedAtTheBoundary(t *testing.T) {
+	for _, c := range []struct {
+		status      int
+		code        string
+		call        string
+		class       engine.Class
+		reason      string
+		unsupported bool
+	}{
+		{404, "NoSuchVersion", "get", engine.Gone, engine.ReasonSourceMissing, false},
+		{404, "NoSuchBucket", "get", engine.Permanent, engine.ReasonNoSuchBucket, false},
+		{403, "AccessDenied", "put", engine.Permanent, engine.ReasonAccessDenied, false},
+		{503, "SlowDown", "put", engine.Transient, engine.ReasonThrottled, false},
+		{400, "BadDigest", "put", engine.Transient, engine.ReasonIntegrity, false},
+		{404, "NoSuchKey", "copy", engine.Gone, engine.ReasonSourceMissing, false},
+		{501, "NotImplemented", "copy", engine.Permanent, engine.ReasonInvalid, true},
+	} {
+		t.Run(c.code+"/"+c.call, func(t *testing.T) {
+			st, last := fakeS3(t, c.status, c.code)
+			ctx := context.Background()
+			var err error
+			switch c.call {
+			case "get":
+				_, err = st.Get(ctx, "b", "k", "v1", nil)
+			case "put":
+				_, err = st.Put(ctx, "b", "k", engine.ObjectMeta{}, engine.Payload{Data: []byte("x"), CRC32C: 0x90f599e3})
+			case "copy":
+				_, err = st.Copy(ctx, engine.VersionRef{Bucket: "src", Key: "a b+c/ü", VersionID: "v1"}, "b", "k", engine.ObjectMeta{})
+			}
+			class, reason := engine.Classify(err)
+			if class != c.class || reason != c.reason || errors.Is(err, engine.ErrCopyUnsupported) != c.unsupported {
+				t.Fatalf("%s %s: classified %v/%s (unsupported %v), want %v/%s", c.call, c.code, class, reason,
+					errors.Is(err, engine.ErrCopyUnsupported), c.class, c.reason)
+			}
+			r := last()
+			if ua := r.Header.Get("User-Agent"); ua != "s3replicad/test" {
+				t.Errorf("User-Agent %q", ua)
+			}
+			switch c.call {
+			case "put":
+				if got := r.Header.Get("X-Amz-Checksum-Crc32c"); got != "kPWZ4w==" {
+					t.Errorf("x-amz-checksum-crc32c %q, want the payload's CRC32C", got)
+				}
+				if got := r.Header.Get("X-Amz-Content-Sha256"); got != "UNSIGNED-PAYLOAD" {
+					t.Errorf("x-amz-content-sha256 %q: the payload should not be hashed twice", got)
+				}
+			case "copy":
+				if got := r.Header.Get("X-Amz-Copy-Source"); got != "src/a%20b%2Bc/%C3%BC?versionId=v1" {
+					t.Errorf("x-amz-copy-source %q", got)
+				}
+			}
+		})
+	}
+}
