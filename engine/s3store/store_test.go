@@ -30,7 +30,6 @@ func fakeS3(t *testing.T, status int, code string) (*Store, func() *http.Request
 	if err != nil {
 		t.Fatal(err)
 	}
-	// One attempt: the engine retries, and the test wants the first answer.
 	return st, func() *http.Request { mu.Lock(); defer mu.Unlock(); return last }
 }
 
