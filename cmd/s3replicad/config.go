@@ -424,7 +424,8 @@ func (c *Config) applyDefaults() {
 	if c.Log.Format == "" {
 		c.Log.Format = "text"
 	}
-	if c.Queue.WaitTime == 0 {
+	// 0s is a valid wait (short polling): default only when not given.
+	if !c.given("queue.wait_time") {
 		c.Queue.WaitTime = Duration(20 * time.Second)
 	}
 	if c.Queue.VisibilityTimeout == 0 {
@@ -459,7 +460,7 @@ func (c *Config) applyDefaults() {
 	if c.Transfer.PartConcurrency == 0 {
 		c.Transfer.PartConcurrency = 8
 	}
-	if c.Transfer.MultipartThreshold == 0 {
+	if !c.given("transfer.multipart_threshold") {
 		c.Transfer.MultipartThreshold = 32 << 20
 	}
 	if c.Transfer.BufferMemory == 0 {
@@ -477,6 +478,12 @@ func (c *Config) applyDefaults() {
 	if c.Retention.Finished == 0 {
 		c.Retention.Finished = Duration(14 * 24 * time.Hour)
 	}
+}
+
+// given tells whether the file sets a key, for keys where 0 is a value.
+func (c *Config) given(path string) bool {
+	_, ok := c.lines[path]
+	return ok
 }
 
 // at names a key with its line, for error messages.
@@ -607,8 +614,8 @@ func (c *Config) validate() []string {
 	if t.PartConcurrency < 1 || t.PartConcurrency > 256 {
 		add("transfer.part_concurrency", "must be between 1 and 256")
 	}
-	if t.MultipartThreshold < 0 || t.MultipartThreshold > 5<<30 {
-		add("transfer.multipart_threshold", "must be between 0 and 5GiB (the largest single PUT)")
+	if t.MultipartThreshold < 1 || t.MultipartThreshold > 5<<30 {
+		add("transfer.multipart_threshold", "must be between 1 byte and 5GiB (the largest single PUT); objects above it are copied in parts")
 	}
 	if t.BufferMemory < t.PartSize {
 		add("transfer.buffer_memory", "must be at least transfer.part_size (%s); the default is part_concurrency x part_size", humanBytes(int64(t.PartSize)))

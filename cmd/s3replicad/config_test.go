@@ -106,6 +106,23 @@ func TestSamePriorityConflict(t *testing.T) {
 	}
 }
 
+// 0s is a wait time (short polling), not "use the default".
+func TestZeroValuesThatMeanSomething(t *testing.T) {
+	conf := strings.Replace(baseConfig, "  url: https://sqs", "  wait_time: 0s\n  url: https://sqs", 1)
+	cfg, err := ParseConfig("c.yaml", []byte(conf), goodEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Queue.WaitTime != 0 {
+		t.Fatalf("wait_time: 0s became %v", cfg.Queue.WaitTime.D())
+	}
+	// A zero threshold is refused rather than quietly replaced.
+	_, err = ParseConfig("c.yaml", []byte(baseConfig+"transfer: {multipart_threshold: 0}\n"), goodEnv)
+	if err == nil || !strings.Contains(err.Error(), "transfer.multipart_threshold: must be between 1 byte and 5GiB") {
+		t.Fatalf("multipart_threshold 0: %v", err)
+	}
+}
+
 func TestBandwidthAndServerSideCopyChoice(t *testing.T) {
 	conf := strings.Replace(baseConfig, "    access_key_id: ${AK}\n", "    access_key_id: ${AK}\n    bandwidth_limit: 50MiB/s\n", 1) +
 		"source: {endpoint: 'https://S3.example.net:9000/'}\n"
