@@ -92,7 +92,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.PartSize = 16 << 20
 	}
 	if cfg.PartConcurrency <= 0 {
-		cfg.PartConcurrency = 8
+		cfg.PartConcurrency = 4
 	}
 	if cfg.MultipartThreshold <= 0 {
 		cfg.MultipartThreshold = 32 << 20

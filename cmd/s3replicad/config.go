@@ -458,7 +458,7 @@ func (c *Config) applyDefaults() {
 		c.Transfer.PartSize = 16 << 20
 	}
 	if c.Transfer.PartConcurrency == 0 {
-		c.Transfer.PartConcurrency = 8
+		c.Transfer.PartConcurrency = 4
 	}
 	if !c.given("transfer.multipart_threshold") {
 		c.Transfer.MultipartThreshold = 32 << 20

@@ -35,11 +35,11 @@ func TestConfigDefaultsAndExpansion(t *testing.T) {
 	}
 	if cfg.Listen != "127.0.0.1:9464" || cfg.ShutdownTimeout.D() != 30*time.Second || cfg.Queue.WaitTime.D() != 20*time.Second ||
 		cfg.Transfer.Workers != 16 || cfg.Transfer.PartSize != 16<<20 || cfg.Transfer.MultipartThreshold != 32<<20 ||
-		cfg.Transfer.PartConcurrency != 8 || !*cfg.Rules[0].Enabled {
+		cfg.Transfer.PartConcurrency != 4 || !*cfg.Rules[0].Enabled {
 		t.Fatalf("defaults not applied: %+v", cfg)
 	}
 	d := cfg.Destinations[0]
-	if cfg.Transfer.BufferMemory != 8*16<<20 || d.Integrity != "crc32c" || d.ServerSideCopy != "auto" || d.BandwidthLimit != 0 {
+	if cfg.Transfer.BufferMemory != 4*16<<20 || d.Integrity != "crc32c" || d.ServerSideCopy != "auto" || d.BandwidthLimit != 0 {
 		t.Fatalf("transfer defaults not applied: buffers %d, integrity %q, server-side copy %q, bandwidth %d",
 			cfg.Transfer.BufferMemory, d.Integrity, d.ServerSideCopy, d.BandwidthLimit)
 	}
