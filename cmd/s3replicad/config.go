@@ -480,6 +480,23 @@ func (c *Config) applyDefaults() {
 	}
 }
 
+// loops tells whether a rule writes where it reads: the source bucket on
+// the source's endpoint, under keys its own filter selects.
+func (c *Config) loops(r RuleConfig) bool {
+	d := c.Destination(r.Destination)
+	if d.Name == "" || r.DestinationBucket != r.SourceBucket || !sameEndpoint(d.EndpointConfig, c.Source) {
+		return false
+	}
+	// Replicas are prefix+key; the filter selects keys starting with
+	// filter.prefix. They overlap unless neither prefix extends the other.
+	p, f := r.DestinationPrefix, r.Filter.Prefix
+	return p == "" || strings.HasPrefix(p, f) || strings.HasPrefix(f, p)
+}
+
+func sameEndpoint(a, b EndpointConfig) bool {
+	return strings.EqualFold(strings.TrimRight(a.Endpoint, "/"), strings.TrimRight(b.Endpoint, "/")) && a.Region == b.Region
+}
+
 // given tells whether the file sets a key, for keys where 0 is a value.
 func (c *Config) given(path string) bool {
 	_, ok := c.lines[path]
@@ -593,6 +610,9 @@ func (c *Config) validate() []string {
 		if r.DestinationBucket == "" {
 			add(path, "destination_bucket is required")
 		}
+		if c.loops(r) {
+			add(path+".destination_bucket", "%q is the source bucket on the same endpoint: every replica would be an event to replicate again. Use another bucket, or a destination_prefix outside the rule's filter", r.DestinationBucket)
+		}
 		if *r.Enabled {
 			t := target{r.SourceBucket, r.Destination, r.DestinationBucket}
 			if prio[t] == nil {
@@ -669,12 +689,9 @@ func (c *Config) Destination(name string) DestConfig {
 // ServerSideCopy names the destinations whose copies may be made inside
 // the store: server_side_copy is auto and they are the source's endpoint.
 func (c *Config) ServerSideCopy() map[string]bool {
-	same := func(a, b string) bool {
-		return strings.EqualFold(strings.TrimRight(a, "/"), strings.TrimRight(b, "/"))
-	}
 	out := map[string]bool{}
 	for _, d := range c.Destinations {
-		out[d.Name] = d.ServerSideCopy == "auto" && same(d.Endpoint, c.Source.Endpoint) && d.Region == c.Source.Region
+		out[d.Name] = d.ServerSideCopy == "auto" && sameEndpoint(d.EndpointConfig, c.Source)
 	}
 	return out
 }

@@ -123,6 +123,25 @@ func TestZeroValuesThatMeanSomething(t *testing.T) {
 	}
 }
 
+// A rule that writes into its own source bucket, under keys it selects,
+// would replicate its replicas forever.
+func TestRuleThatFeedsItselfIsRefused(t *testing.T) {
+	same := strings.Replace(baseConfig, "destination_bucket: dst", "destination_bucket: src", 1) +
+		"source: {endpoint: https://s3.example.net:9000}\n"
+	_, err := ParseConfig("c.yaml", []byte(same), goodEnv)
+	if err == nil || !strings.Contains(err.Error(), `rules[0].destination_bucket: "src" is the source bucket on the same endpoint`) {
+		t.Fatalf("self-feeding rule: %v", err)
+	}
+	apart := strings.Replace(same, "    destination: dr\n", "    destination: dr\n    destination_prefix: copies/\n    filter: {prefix: data/}\n", 1)
+	if _, err := ParseConfig("c.yaml", []byte(apart), goodEnv); err != nil {
+		t.Fatalf("copies/ from data/ in the same bucket: %v", err)
+	}
+	other := strings.Replace(same, "source: {endpoint: https://s3.example.net:9000}", "source: {endpoint: https://other.example.net}", 1)
+	if _, err := ParseConfig("c.yaml", []byte(other), goodEnv); err != nil {
+		t.Fatalf("same bucket name on another endpoint: %v", err)
+	}
+}
+
 func TestBandwidthAndServerSideCopyChoice(t *testing.T) {
 	conf := strings.Replace(baseConfig, "    access_key_id: ${AK}\n", "    access_key_id: ${AK}\n    bandwidth_limit: 50MiB/s\n", 1) +
 		"source: {endpoint: 'https://S3.example.net:9000/'}\n"
