@@ -14,7 +14,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -370,7 +369,7 @@ func (b *bench) daemonCopy(ctx context.Context, w *workload, bucket string) (mea
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return measurement{}, err
 	}
-	listen, err := freeAddr()
+	listen, err := testenv.FreeAddr()
 	if err != nil {
 		return measurement{}, err
 	}
@@ -420,7 +419,7 @@ rules:
 	want := float64(len(w.events))
 	var wall, serverCPU, sqsCPU, startup time.Duration
 	for {
-		text := scrape(listen)
+		text := testenv.Scrape(listen)
 		if startup == 0 && text != "" {
 			startup = time.Since(start)
 		}
@@ -558,7 +557,7 @@ func (b *bench) memCheck(ctx context.Context) error {
 // saveProfile fetches a few seconds of the daemon's CPU profile.
 func saveProfile(listen, path string) {
 	for range 100 {
-		if scrape(listen) != "" {
+		if testenv.Scrape(listen) != "" {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -639,29 +638,6 @@ func human(n int64) string {
 		return fmt.Sprintf("%d KiB", n/kib)
 	}
 	return fmt.Sprintf("%d B", n)
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
-// The scraper asks for no compression: gzipping every scrape would bill
-// the daemon for the benchmark's own polling.
-var httpClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableCompression: true}}
-
-func scrape(listen string) string {
-	resp, err := httpClient.Get("http://" + listen + "/metrics")
-	if err != nil {
-		return ""
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return string(body)
 }
 
 // metric returns the value of the series named exactly by series.

@@ -6,9 +6,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,12 +55,10 @@ func run(ctx context.Context) error {
 	}
 	fmt.Printf("   source %s  destination %s  queue %s\n", env.Source, env.Destination, queueURL)
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	listen, err := testenv.FreeAddr()
 	if err != nil {
 		return err
 	}
-	listen := l.Addr().String()
-	l.Close()
 	cfgPath := filepath.Join(dir, "config.yaml")
 	cfg := fmt.Sprintf(`state_dir: %s
 listen: %s
@@ -128,7 +123,7 @@ transfer: {part_size: 5MiB, multipart_threshold: 8MiB}
 	defer func() { _ = daemon.Process.Kill() }()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if m := scrape(listen); strings.Contains(m, `s3replicad_replicated_objects_total{rule="photos"} 6`) {
+		if m := testenv.Scrape(listen); strings.Contains(m, `s3replicad_replicated_objects_total{rule="photos"} 6`) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -156,7 +151,7 @@ transfer: {part_size: 5MiB, multipart_threshold: 8MiB}
 	_ = st.Run()
 
 	step("metrics (http://" + listen + "/metrics, excerpt)")
-	for _, line := range strings.Split(scrape(listen), "\n") {
+	for _, line := range strings.Split(testenv.Scrape(listen), "\n") {
 		if strings.HasPrefix(line, "s3replicad_") && !strings.Contains(line, "_bucket{") && !strings.HasSuffix(line, " 0") {
 			fmt.Println("   " + line)
 		}
@@ -171,13 +166,3 @@ transfer: {part_size: 5MiB, multipart_threshold: 8MiB}
 }
 
 func step(s string) { fmt.Printf("\n==> %s\n", s) }
-
-func scrape(listen string) string {
-	resp, err := http.Get("http://" + listen + "/metrics")
-	if err != nil {
-		return ""
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return string(b)
-}

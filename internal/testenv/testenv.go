@@ -326,3 +326,28 @@ func (e *Env) CPU() map[string]time.Duration {
 	}
 	return out
 }
+
+// FreeAddr returns a loopback address with a free port, for a daemon's
+// listen setting.
+func FreeAddr() (string, error) {
+	port, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("127.0.0.1:%d", port), nil
+}
+
+// The scraper asks for no compression: gzipping every scrape would bill
+// the daemon for its observer's polling.
+var scrapeClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableCompression: true}}
+
+// Scrape returns a daemon's /metrics text, or "" while it does not answer.
+func Scrape(listen string) string {
+	resp, err := scrapeClient.Get("http://" + listen + "/metrics")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return string(body)
+}
