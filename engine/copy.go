@@ -41,7 +41,7 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 		}
 	}
 	if op.Action == ActionDeleteMarker {
-		if err := e.startWrite(ctx, op); err != nil {
+		if err := e.startWrite(op); err != nil {
 			return "", err
 		}
 		v, err := dest.PutDeleteMarker(ctx, op.DestBucket, op.DestKey)
@@ -132,19 +132,7 @@ func (e *Engine) readTags(ctx context.Context, op *Op, obj *Object) error {
 
 // startWrite durably marks that a write to the destination may happen, so
 // that after a crash the copier looks for the replica before writing again.
-func (e *Engine) startWrite(ctx context.Context, op *Op) error {
-	if !op.WriteStarted.IsZero() && op.State == InFlight {
-		return nil
-	}
-	op.State = InFlight
-	if op.WriteStarted.IsZero() {
-		op.WriteStarted = time.Now()
-	}
-	if err := e.cfg.State.Save(ctx, op); err != nil {
-		return fmt.Errorf("record write start: %w", err)
-	}
-	return nil
-}
+func (e *Engine) startWrite(op *Op) error { return e.markAsync(op).wait() }
 
 // writeMark is a write mark being committed.
 type writeMark struct {
@@ -252,7 +240,7 @@ func (e *Engine) copyInStore(ctx context.Context, rule *Rule, dest Destination, 
 	if err := e.readTags(ctx, op, head); err != nil {
 		return "", err
 	}
-	if err := e.startWrite(ctx, op); err != nil {
+	if err := e.startWrite(op); err != nil {
 		return "", err
 	}
 	v, err := cp.Copy(ctx, VersionRef{op.Bucket, op.Key, op.VersionID}, op.DestBucket, op.DestKey, replicaMeta(rule, op, head))
@@ -318,7 +306,7 @@ func (e *Engine) copyMultipart(ctx context.Context, rule *Rule, dest Destination
 		}
 		return "", err
 	}
-	if err := e.startWrite(ctx, op); err != nil {
+	if err := e.startWrite(op); err != nil {
 		return "", err
 	}
 	parts := slices.Clone(up.Parts)
