@@ -77,11 +77,15 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	err := s.srv.Shutdown(shutdownCtx)
-	if e := <-errc; !errors.Is(e, http.ErrServerClosed) && err == nil {
-		err = e
+	// A client still in a long request (a CPU profile, a stuck scrape) is
+	// not the daemon's failure: cut it off rather than exit non-zero.
+	if err := s.srv.Shutdown(shutdownCtx); errors.Is(err, context.DeadlineExceeded) {
+		_ = s.srv.Close()
 	}
-	return err
+	if e := <-errc; !errors.Is(e, http.ErrServerClosed) {
+		return e
+	}
+	return nil
 }
 
 // loopbackOnly refuses admin requests that do not come from this host,
