@@ -69,6 +69,9 @@ type Config struct {
 	// UserAgent, when set, is sent instead of the SDK's, which is rebuilt
 	// for every request at a cost noticeable on small objects.
 	UserAgent string
+	// SDKDataPath sends GetObject, PutObject and UploadPart through the
+	// SDK's full middleware stack instead of signing them directly.
+	SDKDataPath bool
 }
 
 // Store is one S3 endpoint.
@@ -77,6 +80,7 @@ type Store struct {
 	endpoint  string
 	region    string
 	integrity string
+	direct    *direct // nil: every request through the SDK
 }
 
 var (
@@ -169,7 +173,11 @@ func New(ctx context.Context, c Config) (*Store, error) {
 	if c.Integrity == "" {
 		c.Integrity = IntegrityCRC32C
 	}
-	return &Store{client: client, endpoint: c.Endpoint, region: c.Region, integrity: c.Integrity}, nil
+	st := &Store{client: client, endpoint: c.Endpoint, region: c.Region, integrity: c.Integrity}
+	if !c.SDKDataPath {
+		st.direct = newDirect(client, c.UserAgent)
+	}
+	return st, nil
 }
 
 // staticUserAgent replaces the SDK's User-Agent middleware with one that
@@ -194,11 +202,7 @@ func (s *Store) Client() *s3.Client { return s.client }
 
 // Get implements engine.Source.
 func (s *Store) Get(ctx context.Context, bucket, key, versionID string, r *engine.ByteRange) (*engine.Object, error) {
-	in := &s3.GetObjectInput{Bucket: &bucket, Key: &key, VersionId: optional(versionID)}
-	if r != nil {
-		in.Range = aws.String(fmt.Sprintf("bytes=%d-%d", r.First, r.Last))
-	}
-	out, err := s.client.GetObject(ctx, in)
+	obj, contentRange, err := s.get(ctx, bucket, key, versionID, r)
 	if err != nil && r != nil && r.First == 0 && isCode(err, "InvalidRange") {
 		// An empty object has no byte 0: read all of it.
 		return s.Get(ctx, bucket, key, versionID, nil)
@@ -206,15 +210,36 @@ func (s *Store) Get(ctx context.Context, bucket, key, versionID string, r *engin
 	if err != nil {
 		return nil, classify(err, true)
 	}
-	size := aws.ToInt64(out.ContentLength)
 	if r != nil {
-		total, ok := totalFromContentRange(aws.ToString(out.ContentRange))
+		total, ok := totalFromContentRange(contentRange)
 		if !ok {
-			out.Body.Close()
+			obj.Body.Close()
 			return nil, &engine.Error{Class: engine.Transient, Reason: engine.ReasonInvalid,
-				Err: fmt.Errorf("ranged GET answered without a usable Content-Range (%q)", aws.ToString(out.ContentRange))}
+				Err: fmt.Errorf("ranged GET answered without a usable Content-Range (%q)", contentRange)}
 		}
-		size = total
+		obj.Size = total
+	}
+	return obj, nil
+}
+
+// get sends the GetObject, directly when it can.
+func (s *Store) get(ctx context.Context, bucket, key, versionID string, r *engine.ByteRange) (*engine.Object, string, error) {
+	if s.direct != nil {
+		if b := s.direct.base(ctx, bucket); b.ok {
+			resp, err := s.direct.get(ctx, b, bucket, key, versionID, r)
+			if err != nil {
+				return nil, "", err
+			}
+			return objectFrom(resp), resp.Header.Get("Content-Range"), nil
+		}
+	}
+	in := &s3.GetObjectInput{Bucket: &bucket, Key: &key, VersionId: optional(versionID)}
+	if r != nil {
+		in.Range = aws.String(fmt.Sprintf("bytes=%d-%d", r.First, r.Last))
+	}
+	out, err := s.client.GetObject(ctx, in)
+	if err != nil {
+		return nil, "", err
 	}
 	return &engine.Object{
 		ObjectMeta: engine.ObjectMeta{
@@ -226,12 +251,12 @@ func (s *Store) Get(ctx context.Context, bucket, key, versionID string, r *engin
 			Expires:            aws.ToString(out.ExpiresString),
 			Metadata:           out.Metadata,
 		},
-		Size:      size,
+		Size:      aws.ToInt64(out.ContentLength),
 		ETag:      strings.Trim(aws.ToString(out.ETag), `"`),
 		TagCount:  int(aws.ToInt32(out.TagCount)),
 		VersionID: aws.ToString(out.VersionId),
 		Body:      out.Body,
-	}, nil
+	}, aws.ToString(out.ContentRange), nil
 }
 
 func totalFromContentRange(cr string) (int64, bool) {
@@ -324,12 +349,22 @@ func (s *Store) integrityOf(body engine.Payload) (contentMD5, crc32c *string) {
 
 // Put implements engine.Destination.
 func (s *Store) Put(ctx context.Context, bucket, key string, meta engine.ObjectMeta, body engine.Payload) (string, error) {
+	contentMD5, crc := s.integrityOf(body)
+	if s.direct != nil {
+		if b := s.direct.base(ctx, bucket); b.ok {
+			h, err := s.direct.put(ctx, b, "PutObject", key, nil, putHeaders(meta, contentMD5, crc), body.Data)
+			if err != nil {
+				return "", classify(err, false)
+			}
+			return h.Get("X-Amz-Version-Id"), nil
+		}
+	}
 	in := &s3.PutObjectInput{
 		Bucket: &bucket, Key: &key,
 		Body:          bytes.NewReader(body.Data),
 		ContentLength: aws.Int64(int64(len(body.Data))),
 	}
-	in.ContentMD5, in.ChecksumCRC32C = s.integrityOf(body)
+	in.ContentMD5, in.ChecksumCRC32C = contentMD5, crc
 	applyPut(in, meta)
 	out, err := s.client.PutObject(ctx, in, unsignedPayload)
 	if err != nil {
@@ -466,11 +501,22 @@ func (s *Store) CreateMultipart(ctx context.Context, bucket, key string, meta en
 // UploadPart implements engine.Destination; the integrity header makes
 // the store check the part's bytes.
 func (s *Store) UploadPart(ctx context.Context, bucket, key, uploadID string, n int32, body engine.Payload) (string, error) {
+	contentMD5, crc := s.integrityOf(body)
+	if s.direct != nil {
+		if b := s.direct.base(ctx, bucket); b.ok {
+			q := url.Values{"partNumber": {strconv.Itoa(int(n))}, "uploadId": {uploadID}}
+			h, err := s.direct.put(ctx, b, "UploadPart", key, q, putHeaders(engine.ObjectMeta{}, contentMD5, crc), body.Data)
+			if err != nil {
+				return "", classify(err, false)
+			}
+			return strings.Trim(h.Get("ETag"), `"`), nil
+		}
+	}
 	in := &s3.UploadPartInput{
 		Bucket: &bucket, Key: &key, UploadId: &uploadID, PartNumber: aws.Int32(n),
 		Body: bytes.NewReader(body.Data), ContentLength: aws.Int64(int64(len(body.Data))),
 	}
-	in.ContentMD5, in.ChecksumCRC32C = s.integrityOf(body)
+	in.ContentMD5, in.ChecksumCRC32C = contentMD5, crc
 	out, err := s.client.UploadPart(ctx, in, unsignedPayload)
 	if err != nil {
 		return "", classify(err, false)
