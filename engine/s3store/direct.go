@@ -99,7 +99,7 @@ func (d *direct) base(ctx context.Context, bucket string) *base {
 	if ep, err := d.resolver.ResolveEndpoint(ctx, p); err == nil {
 		opts, _ := smithyauth.GetAuthOptions(&ep.Properties)
 		for _, o := range opts {
-			if o.SchemeID != smithyauth.SchemeIDSigV4 {
+			if !isSigV4(o.SchemeID) {
 				continue
 			}
 			name, _ := smithyhttp.GetSigV4SigningName(&o.SignerProperties)
@@ -119,7 +119,7 @@ func (d *direct) base(ctx context.Context, bucket string) *base {
 			break
 		}
 		// Only sigv4 as the first choice: anything else the SDK handles.
-		if len(opts) > 0 && opts[0].SchemeID != smithyauth.SchemeIDSigV4 {
+		if len(opts) > 0 && !isSigV4(opts[0].SchemeID) {
 			b.ok = false
 		}
 	} else if ctx.Err() != nil {
@@ -130,6 +130,9 @@ func (d *direct) base(ctx context.Context, bucket string) *base {
 	d.mu.Unlock()
 	return b
 }
+
+// isSigV4 recognises plain SigV4 as the endpoint rules name it.
+func isSigV4(id string) bool { return id == "sigv4" || id == smithyauth.SchemeIDSigV4 }
 
 // request builds an unsigned request for key in bucket.
 func (d *direct) request(ctx context.Context, b *base, method, key string, query url.Values, body []byte) (*http.Request, error) {
