@@ -178,9 +178,17 @@ func (e *Engine) Run(ctx context.Context) error {
 		g.Go(func() error { e.work(gctx, workCtx); return nil })
 	}
 	if e.cfg.Queue != nil {
+		// Deleting a batch is off the pollers' path: they receive again as
+		// soon as its operations are durable. Deleters outlive the pollers
+		// so that no recorded batch is left undeleted at shutdown.
+		acks := make(chan []Message, e.cfg.Pollers)
+		var pollers sync.WaitGroup
 		for i := 0; i < e.cfg.Pollers; i++ {
-			g.Go(func() error { return e.poll(gctx) })
+			pollers.Add(1)
+			g.Go(func() error { defer pollers.Done(); return e.poll(gctx, workCtx, acks) })
+			g.Go(func() error { e.deleteAcked(workCtx, acks); return nil })
 		}
+		g.Go(func() error { pollers.Wait(); close(acks); return nil })
 	} else {
 		e.ready.Store(true)
 	}
@@ -250,7 +258,7 @@ func (e *Engine) Retry(keys []string) (int, error) {
 // Backlog is the number of unfinished ops the engine holds.
 func (e *Engine) Backlog() int { return e.sched.Len() }
 
-func (e *Engine) poll(ctx context.Context) error {
+func (e *Engine) poll(ctx, workCtx context.Context, acks chan<- []Message) error {
 	failures := 0
 	for ctx.Err() == nil {
 		msgs, err := e.cfg.Queue.Receive(ctx)
@@ -274,14 +282,32 @@ func (e *Engine) poll(ctx context.Context) error {
 		if len(msgs) == 0 {
 			continue
 		}
-		e.handle(ctx, msgs)
+		if ack := e.handle(ctx, msgs); len(ack) > 0 {
+			select {
+			case acks <- ack:
+			case <-workCtx.Done():
+				return nil
+			}
+		}
 	}
 	return nil
 }
 
-// handle decodes a batch, records what it asks for and deletes the messages
-// whose work is durable. Messages that fail are left for redelivery.
-func (e *Engine) handle(ctx context.Context, msgs []Message) {
+// deleteAcked deletes the batches whose operations are recorded.
+func (e *Engine) deleteAcked(ctx context.Context, acks <-chan []Message) {
+	for ack := range acks {
+		if err := e.cfg.Queue.Delete(ctx, ack); err != nil {
+			// Harmless: the ops are recorded, a redelivery is a duplicate.
+			e.m.queueErrors.Inc()
+			e.log.Warn("delete messages failed; they will come again as duplicates", "err", err)
+		}
+	}
+}
+
+// handle decodes a batch, records what it asks for and returns the
+// messages whose work is durable, to be deleted. Messages that fail are
+// left for redelivery.
+func (e *Engine) handle(ctx context.Context, msgs []Message) []Message {
 	// Keep the messages invisible while this batch is being recorded (tag
 	// look-ups and a slow disk can take a while).
 	hbCtx, stopHB := context.WithCancel(ctx)
@@ -312,18 +338,11 @@ func (e *Engine) handle(ctx context.Context, msgs []Message) {
 		added, err := e.cfg.State.Record(ctx, ops)
 		if err != nil {
 			e.log.Error("cannot record operations; messages will be redelivered", "err", err)
-			return
+			return nil
 		}
 		e.schedule(added)
 	}
-	if len(ack) == 0 {
-		return
-	}
-	if err := e.cfg.Queue.Delete(ctx, ack); err != nil {
-		// Harmless: the ops are recorded, a redelivery is a duplicate.
-		e.m.queueErrors.Inc()
-		e.log.Warn("delete messages failed; they will come again as duplicates", "err", err)
-	}
+	return ack
 }
 
 func (e *Engine) heartbeat(ctx context.Context, msgs []Message) {

@@ -51,6 +51,7 @@ type options struct {
 	workloads string
 	profile   string
 	destKeys  string
+	queueKeys string
 }
 
 func main() {
@@ -63,6 +64,7 @@ func main() {
 	flag.StringVar(&w2Size, "w2-size", "128MiB", "size of each W2 object")
 	flag.StringVar(&bigSize, "memcheck-size", "2GiB", "object size of the memory check (0 skips it)")
 	flag.StringVar(&o.destKeys, "destination", "", "extra keys of s3replicad's destination, e.g. 'integrity: md5'")
+	flag.StringVar(&o.queueKeys, "queue", "", "extra keys of s3replicad's queue, e.g. 'pollers: 4'")
 	flag.StringVar(&o.transfer, "transfer", "", "extra YAML under transfer: for s3replicad, e.g. '{workers: 32}'")
 	flag.StringVar(&o.workDir, "dir", "", "where the servers keep their data (default: a temporary directory)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the data directory afterwards")
@@ -123,6 +125,7 @@ type measurement struct {
 	serverCPU time.Duration
 	sqsCPU    time.Duration
 	startup   time.Duration // s3replicad: until it serves /metrics
+	intake    time.Duration // s3replicad: until every event was received
 }
 
 // serverUse is the servers' CPU since before: both S3 servers and, apart,
@@ -373,9 +376,12 @@ func (b *bench) daemonCopy(ctx context.Context, w *workload, bucket string) (mea
 	if err != nil {
 		return measurement{}, err
 	}
-	destKeys := ""
+	destKeys, queueKeys := "", ""
 	if b.o.destKeys != "" {
 		destKeys = ", " + b.o.destKeys
+	}
+	if b.o.queueKeys != "" {
+		queueKeys = ", " + b.o.queueKeys
 	}
 	transfer := ""
 	if b.o.transfer != "" {
@@ -388,13 +394,13 @@ func (b *bench) daemonCopy(ctx context.Context, w *workload, bucket string) (mea
 	cfg := fmt.Sprintf(`state_dir: %s
 listen: %s
 log: {level: warn}
-queue: {url: %s, endpoint: %s, access_key_id: %s, secret_access_key: %s, wait_time: 0s}
+queue: {url: %s, endpoint: %s, access_key_id: %s, secret_access_key: %s, wait_time: 0s%s}
 source: {endpoint: %s, path_style: true, access_key_id: %s, secret_access_key: %s}
 destinations:
   - {name: bench, endpoint: %s, path_style: true, access_key_id: %s, secret_access_key: %s%s}
 rules:
   - {id: bench, source_bucket: %s, destination: bench, destination_bucket: %s}
-%s`, filepath.Join(dir, "state"), listen, queueURL, b.env.SQS, testenv.AccessKey, testenv.SecretKey,
+%s`, filepath.Join(dir, "state"), listen, queueURL, b.env.SQS, testenv.AccessKey, testenv.SecretKey, queueKeys,
 		b.env.Source, testenv.AccessKey, testenv.SecretKey, b.env.Destination, testenv.AccessKey, testenv.SecretKey, destKeys,
 		b.srcBkt, bucket, transfer)
 	cfgPath := filepath.Join(dir, "config.yaml")
@@ -417,11 +423,14 @@ rules:
 		go saveProfile(listen, fmt.Sprintf("%s-%s.pprof", b.o.profile, bucket))
 	}
 	want := float64(len(w.events))
-	var wall, serverCPU, sqsCPU, startup time.Duration
+	var wall, serverCPU, sqsCPU, startup, intake time.Duration
 	for {
 		text := testenv.Scrape(listen)
 		if startup == 0 && text != "" {
 			startup = time.Since(start)
+		}
+		if intake == 0 && sumMetric(text, "s3replicad_events_received_total{") >= want {
+			intake = time.Since(start)
 		}
 		if metric(text, `s3replicad_replicated_objects_total{rule="bench"}`) >= want {
 			wall = time.Since(start)
@@ -445,7 +454,7 @@ rules:
 		return measurement{}, fmt.Errorf("daemon exit: %w (see %s)", err, logf.Name())
 	}
 	m := usage(cmd.ProcessState)
-	m.wall, m.serverCPU, m.sqsCPU, m.startup = wall, serverCPU, sqsCPU, startup
+	m.wall, m.serverCPU, m.sqsCPU, m.startup, m.intake = wall, serverCPU, sqsCPU, startup, intake
 	return m, b.check(ctx, bucket, w)
 }
 
@@ -587,7 +596,7 @@ func (m measurement) line(w *workload) string {
 	s := m.wall.Seconds()
 	up := ""
 	if m.startup > 0 {
-		up = fmt.Sprintf("  (start-up %.2fs)", m.startup.Seconds())
+		up = fmt.Sprintf("  (start-up %.2fs, events in %.2fs)", m.startup.Seconds(), m.intake.Seconds())
 	}
 	return fmt.Sprintf("%7.2fs %8.1f obj/s %7.1f MB/s  cpu %5.2fs  rss %6.1f MiB  S3 servers' cpu %5.2fs, SQS %4.2fs%s",
 		s, float64(len(w.events))/s, float64(w.bytes)/1e6/s, m.cpu.Seconds(), float64(m.maxRSS)/mib, m.serverCPU.Seconds(), m.sqsCPU.Seconds(), up)
