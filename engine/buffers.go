@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/bits"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sync/semaphore"
 )
@@ -23,10 +24,11 @@ type bufferPool struct {
 	alloc   int64            // bytes held: handed out plus kept free
 	free    map[int][][]byte // kept for reuse, by class
 	dormant map[int][][]byte // memory released, mapping kept, by class
+	files   map[*byte]*MemFile
 }
 
 func newBufferPool(budget int64) *bufferPool {
-	return &bufferPool{budget: budget, inUse: semaphore.NewWeighted(budget), free: map[int][][]byte{}, dormant: map[int][][]byte{}}
+	return &bufferPool{budget: budget, inUse: semaphore.NewWeighted(budget), free: map[int][][]byte{}, dormant: map[int][][]byte{}, files: map[*byte]*MemFile{}}
 }
 
 // classOf returns the class index and capacity for n bytes.
@@ -67,7 +69,7 @@ func (b *bufferPool) get(ctx context.Context, n int64) ([]byte, error) {
 			l[len(l)-1] = nil
 			l = l[:len(l)-1]
 			b.alloc -= int64(cap(buf))
-			releaseBuffer(buf)
+			releaseBuffer(buf, b.files[unsafe.SliceData(buf[:1])])
 			b.dormant[c] = append(b.dormant[c], buf)
 		}
 		b.free[c] = l
@@ -76,7 +78,21 @@ func (b *bufferPool) get(ctx context.Context, n int64) ([]byte, error) {
 	if buf, ok := pop(b.dormant, class); ok {
 		return buf[:n], nil
 	}
-	return allocBuffer(size)[:n], nil
+	buf, mem := allocBuffer(size)
+	if mem != nil {
+		b.files[unsafe.SliceData(buf)] = mem
+	}
+	return buf[:n], nil
+}
+
+// memOf returns the memory file behind a buffer from get, if it has one.
+func (b *bufferPool) memOf(buf []byte) *MemFile {
+	if cap(buf) == 0 {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.files[unsafe.SliceData(buf[:1])]
 }
 
 func pop(lists map[int][][]byte, class int) ([]byte, bool) {

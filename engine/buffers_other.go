@@ -2,6 +2,6 @@
 
 package engine
 
-func allocBuffer(size int64) []byte { return make([]byte, size) }
+func allocBuffer(size int64) ([]byte, *MemFile) { return make([]byte, size), nil }
 
-func releaseBuffer([]byte) {}
+func releaseBuffer([]byte, *MemFile) {}

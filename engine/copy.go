@@ -96,7 +96,7 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 	if err := mark.wait(); err != nil {
 		return "", err
 	}
-	v, err := dest.Put(ctx, op.DestBucket, op.DestKey, replicaMeta(rule, op, obj), Payload{buf, crc})
+	v, err := dest.Put(ctx, op.DestBucket, op.DestKey, replicaMeta(rule, op, obj), Payload{Data: buf, CRC32C: crc, Mem: e.buffers.memOf(buf)})
 	if err != nil {
 		return "", fmt.Errorf("put %s/%s: %w", op.DestBucket, op.DestKey, err)
 	}
@@ -469,7 +469,7 @@ func (e *Engine) sendPart(ctx context.Context, dest Destination, cp ServerSideCo
 			return "", fmt.Errorf("read part %d of %s: got %d of %d bytes: %w", n, op, got, size, err)
 		}
 	}
-	etag, err := dest.UploadPart(ctx, op.DestBucket, op.DestKey, up.UploadID, n, Payload{buf, crc})
+	etag, err := dest.UploadPart(ctx, op.DestBucket, op.DestKey, up.UploadID, n, Payload{Data: buf, CRC32C: crc, Mem: e.buffers.memOf(buf)})
 	if err != nil {
 		return "", fmt.Errorf("upload part %d of %s/%s: %w", n, op.DestBucket, op.DestKey, err)
 	}

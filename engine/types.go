@@ -229,7 +229,17 @@ type VersionPage struct {
 type Payload struct {
 	Data   []byte
 	CRC32C uint32
+	// Mem, when set, is the memory file that holds Data from offset 0:
+	// a plain-HTTP transport can hand it to sendfile(2) rather than copy
+	// Data through a user-space buffer on its way to the socket.
+	Mem *MemFile
 }
+
+// MemFile is an in-memory file (Linux memfd) backing a copy buffer.
+type MemFile struct{ fd int }
+
+// FD is the file's descriptor; it stays open for the process's life.
+func (m *MemFile) FD() int { return m.fd }
 
 // Source is the store replicated from.
 type Source interface {

@@ -135,7 +135,7 @@ func (d *direct) base(ctx context.Context, bucket string) *base {
 func isSigV4(id string) bool { return id == "sigv4" || id == smithyauth.SchemeIDSigV4 }
 
 // request builds an unsigned request for key in bucket.
-func (d *direct) request(ctx context.Context, b *base, method, key string, query url.Values, body []byte) (*http.Request, error) {
+func (d *direct) request(ctx context.Context, b *base, method, key string, query url.Values, body *engine.Payload) (*http.Request, error) {
 	escaped := httpbinding.EscapePath(key, false)
 	u := &url.URL{
 		Scheme:   b.scheme,
@@ -144,13 +144,12 @@ func (d *direct) request(ctx context.Context, b *base, method, key string, query
 		RawPath:  smithyhttp.JoinPath(b.rawPath, "/"+escaped),
 		RawQuery: encodeQuery(query),
 	}
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
 	if err != nil {
 		return nil, err
+	}
+	if body != nil {
+		setBody(req, *body, b.scheme == "http")
 	}
 	// NewRequest parses the URL again; keep the exact escaping signed.
 	req.URL = u
@@ -317,10 +316,10 @@ func objectFrom(resp *http.Response) *engine.Object {
 const metaPrefix = "X-Amz-Meta-"
 
 // put sends a PutObject or, with a part number, an UploadPart.
-func (d *direct) put(ctx context.Context, b *base, op, key string, q url.Values, hdr http.Header, body []byte) (http.Header, error) {
+func (d *direct) put(ctx context.Context, b *base, op, key string, q url.Values, hdr http.Header, body engine.Payload) (http.Header, error) {
 	var out http.Header
 	send := func() error {
-		req, err := d.request(ctx, b, http.MethodPut, key, q, body)
+		req, err := d.request(ctx, b, http.MethodPut, key, q, &body)
 		if err != nil {
 			return err
 		}

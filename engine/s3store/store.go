@@ -352,7 +352,7 @@ func (s *Store) Put(ctx context.Context, bucket, key string, meta engine.ObjectM
 	contentMD5, crc := s.integrityOf(body)
 	if s.direct != nil {
 		if b := s.direct.base(ctx, bucket); b.ok {
-			h, err := s.direct.put(ctx, b, "PutObject", key, nil, putHeaders(meta, contentMD5, crc), body.Data)
+			h, err := s.direct.put(ctx, b, "PutObject", key, nil, putHeaders(meta, contentMD5, crc), body)
 			if err != nil {
 				return "", classify(err, false)
 			}
@@ -505,7 +505,7 @@ func (s *Store) UploadPart(ctx context.Context, bucket, key, uploadID string, n 
 	if s.direct != nil {
 		if b := s.direct.base(ctx, bucket); b.ok {
 			q := url.Values{"partNumber": {strconv.Itoa(int(n))}, "uploadId": {uploadID}}
-			h, err := s.direct.put(ctx, b, "UploadPart", key, q, putHeaders(engine.ObjectMeta{}, contentMD5, crc), body.Data)
+			h, err := s.direct.put(ctx, b, "UploadPart", key, q, putHeaders(engine.ObjectMeta{}, contentMD5, crc), body)
 			if err != nil {
 				return "", classify(err, false)
 			}
