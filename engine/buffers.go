@@ -122,3 +122,7 @@ func (b *bufferPool) put(buf []byte) {
 	}
 	b.free[class] = append(b.free[class], buf[:0])
 }
+
+// NewBuffer allocates a buffer as the copy path does, in a memory file
+// when the platform and size allow (adapters' tests use it).
+func NewBuffer(size int64) ([]byte, *MemFile) { return allocBuffer(size) }

@@ -43,6 +43,9 @@ type direct struct {
 	resolver  s3.EndpointResolverV2
 	params    s3.EndpointParameters // all but the bucket
 	userAgent string
+	// gets says whether GetObject may go direct: not where the SDK would
+	// validate the response's checksums (its default on AWS).
+	gets bool
 
 	mu    sync.Mutex
 	bases map[string]*base
@@ -81,6 +84,7 @@ func newDirect(c *s3.Client, userAgent string) *direct {
 			DisableS3ExpressSessionAuth:    o.DisableS3ExpressSessionAuth,
 		},
 		userAgent: userAgent,
+		gets:      o.ResponseChecksumValidation == aws.ResponseChecksumValidationWhenRequired,
 		bases:     map[string]*base{},
 	}
 }
@@ -182,8 +186,12 @@ func (d *direct) send(ctx context.Context, b *base, op string, req *http.Request
 	if err != nil {
 		return nil, &smithy.OperationError{ServiceID: "S3", OperationName: op, Err: fmt.Errorf("retrieve credentials: %w", err)}
 	}
-	req.Header.Set("X-Amz-Content-Sha256", unsignedPayloadHash)
-	if err := d.signer.SignHTTP(ctx, creds, req, unsignedPayloadHash, b.signingName, b.signingRegn, time.Now()); err != nil {
+	hash := unsignedPayloadHash
+	if req.ContentLength == 0 && req.Method == http.MethodGet {
+		hash = emptyPayloadHash
+	}
+	req.Header.Set("X-Amz-Content-Sha256", hash)
+	if err := d.signer.SignHTTP(ctx, creds, req, hash, b.signingName, b.signingRegn, time.Now()); err != nil {
 		return nil, &smithy.OperationError{ServiceID: "S3", OperationName: op, Err: err}
 	}
 	resp, err := d.hc.Do(req)
@@ -356,6 +364,9 @@ func putHeaders(m engine.ObjectMeta, contentMD5, crc32c *string) http.Header {
 			h.Set(k, v)
 		}
 	}
+	// What the SDK sends for a body without a type; S3's own default
+	// would be binary/octet-stream.
+	h.Set("Content-Type", "application/octet-stream")
 	set("Content-Type", m.ContentType)
 	set("Content-Encoding", m.ContentEncoding)
 	set("Content-Disposition", m.ContentDisposition)
@@ -379,3 +390,6 @@ func putHeaders(m engine.ObjectMeta, contentMD5, crc32c *string) http.Header {
 // unsignedPayloadHash stands for the body's SHA-256 in the signature: the
 // integrity header, which is signed, vouches for the bytes instead.
 const unsignedPayloadHash = "UNSIGNED-PAYLOAD"
+
+// emptyPayloadHash is the SHA-256 of no bytes, signed for a GET.
+const emptyPayloadHash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

@@ -72,6 +72,10 @@ type Config struct {
 	// SDKDataPath sends GetObject, PutObject and UploadPart through the
 	// SDK's full middleware stack instead of signing them directly.
 	SDKDataPath bool
+	// HTTPClient replaces the pooled client built from CAFile and MaxConns.
+	HTTPClient interface {
+		Do(*http.Request) (*http.Response, error)
+	}
 }
 
 // Store is one S3 endpoint.
@@ -153,6 +157,9 @@ func New(ctx context.Context, c Config) (*Store, error) {
 		// Set here, not through config.WithHTTPClient, so that an
 		// AWS_CA_BUNDLE in the environment does not break loading.
 		o.HTTPClient = hc
+		if c.HTTPClient != nil {
+			o.HTTPClient = c.HTTPClient
+		}
 		o.UsePathStyle = c.PathStyle
 		if c.Endpoint != "" {
 			o.BaseEndpoint = aws.String(c.Endpoint)
@@ -224,7 +231,7 @@ func (s *Store) Get(ctx context.Context, bucket, key, versionID string, r *engin
 
 // get sends the GetObject, directly when it can.
 func (s *Store) get(ctx context.Context, bucket, key, versionID string, r *engine.ByteRange) (*engine.Object, string, error) {
-	if s.direct != nil {
+	if s.direct != nil && s.direct.gets {
 		if b := s.direct.base(ctx, bucket); b.ok {
 			resp, err := s.direct.get(ctx, b, bucket, key, versionID, r)
 			if err != nil {
