@@ -86,7 +86,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.Workers = 16
 	}
 	if cfg.Pollers <= 0 {
-		cfg.Pollers = 2
+		cfg.Pollers = 4
 	}
 	if cfg.PartSize <= 0 {
 		cfg.PartSize = 16 << 20

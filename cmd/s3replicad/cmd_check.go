@@ -76,7 +76,7 @@ func cmdCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer
 			ok("%s bucket %s exists and is versioned", what, bucket)
 		}
 	}
-	src, dests, err := stores(cctx, cfg)
+	src, dests, err := stores(cctx, cfg, warnLogger(stderr))
 	if err != nil {
 		report("%v", err)
 	} else {

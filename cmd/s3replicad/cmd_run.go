@@ -32,16 +32,25 @@ type replicator struct {
 	reg    *prometheus.Registry
 }
 
+// warnLogger is the logger of the one-shot commands: warnings only.
+func warnLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
 // stores builds the source and destination adapters.
-func stores(ctx context.Context, cfg *Config) (*s3store.Store, map[string]*s3store.Store, error) {
+func stores(ctx context.Context, cfg *Config, log *slog.Logger) (*s3store.Store, map[string]*s3store.Store, error) {
 	conns := cfg.Transfer.Workers*cfg.Transfer.PartConcurrency + 16
-	src, err := s3store.New(ctx, cfg.Source.storeConfig(conns))
+	sc := cfg.Source.storeConfig(conns)
+	sc.Logger = log.With("component", "source")
+	src, err := s3store.New(ctx, sc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("source: %w", err)
 	}
 	dests := map[string]*s3store.Store{}
 	for _, d := range cfg.Destinations {
-		st, err := s3store.New(ctx, d.storeConfig(conns))
+		dc := d.storeConfig(conns)
+		dc.Logger = log.With("component", "destination", "destination", d.Name)
+		st, err := s3store.New(ctx, dc)
 		if err != nil {
 			return nil, nil, fmt.Errorf("destination %s: %w", d.Name, err)
 		}
@@ -60,7 +69,7 @@ func openState(cfg *Config) (*checkpoint.Store, error) {
 }
 
 func newReplicator(ctx context.Context, cfg *Config, log *slog.Logger, rules []engine.Rule, withQueue bool) (*replicator, error) {
-	src, dests, err := stores(ctx, cfg)
+	src, dests, err := stores(ctx, cfg, log)
 	if err != nil {
 		return nil, err
 	}

@@ -23,7 +23,7 @@ func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	src, dests, err := stores(ctx, cfg)
+	src, dests, err := stores(ctx, cfg, warnLogger(stderr))
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -30,6 +31,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/logging"
 	"github.com/aws/smithy-go/middleware"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
@@ -72,6 +74,9 @@ type Config struct {
 	// SDKDataPath sends GetObject, PutObject and UploadPart through the
 	// SDK's full middleware stack instead of signing them directly.
 	SDKDataPath bool
+	// Logger receives the SDK's warnings; its debug lines (one per GET of
+	// an object without a checksum, on AWS) are dropped.
+	Logger *slog.Logger
 	// HTTPClient replaces the pooled client built from CAFile and MaxConns.
 	HTTPClient interface {
 		Do(*http.Request) (*http.Response, error)
@@ -160,6 +165,7 @@ func New(ctx context.Context, c Config) (*Store, error) {
 		if c.HTTPClient != nil {
 			o.HTTPClient = c.HTTPClient
 		}
+		o.Logger = sdkLogger(c.Logger)
 		o.UsePathStyle = c.PathStyle
 		if c.Endpoint != "" {
 			o.BaseEndpoint = aws.String(c.Endpoint)
@@ -185,6 +191,15 @@ func New(ctx context.Context, c Config) (*Store, error) {
 		st.direct = newDirect(client, c.UserAgent)
 	}
 	return st, nil
+}
+
+// sdkLogger forwards the SDK's warnings to log and drops the rest.
+func sdkLogger(log *slog.Logger) logging.Logger {
+	return logging.LoggerFunc(func(c logging.Classification, format string, v ...any) {
+		if c == logging.Warn && log != nil {
+			log.Warn(fmt.Sprintf(format, v...), "from", "aws-sdk")
+		}
+	})
 }
 
 // staticUserAgent replaces the SDK's User-Agent middleware with one that
