@@ -86,7 +86,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.Workers = 16
 	}
 	if cfg.Pollers <= 0 {
-		cfg.Pollers = 4
+		cfg.Pollers = 8
 	}
 	if cfg.PartSize <= 0 {
 		cfg.PartSize = 16 << 20

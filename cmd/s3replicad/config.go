@@ -432,7 +432,7 @@ func (c *Config) applyDefaults() {
 		c.Queue.VisibilityTimeout = Duration(5 * time.Minute)
 	}
 	if c.Queue.Pollers == 0 {
-		c.Queue.Pollers = 4
+		c.Queue.Pollers = 8
 	}
 	if c.Queue.Region == "" {
 		c.Queue.Region = c.Source.Region
