@@ -69,7 +69,7 @@ func (b *bufferPool) get(ctx context.Context, n int64) ([]byte, error) {
 			l[len(l)-1] = nil
 			l = l[:len(l)-1]
 			b.alloc -= int64(cap(buf))
-			releaseBuffer(buf, b.files[unsafe.SliceData(buf[:1])])
+			releaseBuffer(buf, b.files[bufKey(buf)])
 			b.dormant[c] = append(b.dormant[c], buf)
 		}
 		b.free[c] = l
@@ -80,7 +80,7 @@ func (b *bufferPool) get(ctx context.Context, n int64) ([]byte, error) {
 	}
 	buf, mem := allocBuffer(size)
 	if mem != nil {
-		b.files[unsafe.SliceData(buf)] = mem
+		b.files[bufKey(buf)] = mem
 	}
 	return buf[:n], nil
 }
@@ -92,8 +92,11 @@ func (b *bufferPool) memOf(buf []byte) *MemFile {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.files[unsafe.SliceData(buf[:1])]
+	return b.files[bufKey(buf)]
 }
+
+// bufKey identifies a buffer by its first byte, whatever its length.
+func bufKey(buf []byte) *byte { return unsafe.SliceData(buf[:1]) }
 
 func pop(lists map[int][][]byte, class int) ([]byte, bool) {
 	l := lists[class]

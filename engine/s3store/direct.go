@@ -101,13 +101,10 @@ func (d *direct) base(ctx context.Context, bucket string) *base {
 	p := d.params
 	p.Bucket = &bucket
 	if ep, err := d.resolver.ResolveEndpoint(ctx, p); err == nil {
-		opts, _ := smithyauth.GetAuthOptions(&ep.Properties)
-		for _, o := range opts {
-			if !isSigV4(o.SchemeID) {
-				continue
-			}
-			name, _ := smithyhttp.GetSigV4SigningName(&o.SignerProperties)
-			region, _ := smithyhttp.GetSigV4SigningRegion(&o.SignerProperties)
+		// Plain SigV4 as the first choice, or the SDK handles the bucket.
+		if opts, _ := smithyauth.GetAuthOptions(&ep.Properties); len(opts) > 0 && isSigV4(opts[0].SchemeID) {
+			name, _ := smithyhttp.GetSigV4SigningName(&opts[0].SignerProperties)
+			region, _ := smithyhttp.GetSigV4SigningRegion(&opts[0].SignerProperties)
 			if name == "" {
 				name = "s3"
 			}
@@ -120,11 +117,6 @@ func (d *direct) base(ctx context.Context, bucket string) *base {
 			}
 			*b = base{ok: true, scheme: ep.URI.Scheme, host: ep.URI.Host, path: ep.URI.Path, rawPath: raw,
 				headers: ep.Headers, signingName: name, signingRegn: region}
-			break
-		}
-		// Only sigv4 as the first choice: anything else the SDK handles.
-		if len(opts) > 0 && !isSigV4(opts[0].SchemeID) {
-			b.ok = false
 		}
 	} else if ctx.Err() != nil {
 		return &base{} // do not cache a cancelled resolution
@@ -133,6 +125,18 @@ func (d *direct) base(ctx context.Context, bucket string) *base {
 	d.bases[bucket] = b
 	d.mu.Unlock()
 	return b
+}
+
+// directFor returns how to reach bucket directly, or nil when its
+// requests go through the SDK.
+func (s *Store) directFor(ctx context.Context, bucket string) *base {
+	if s.direct == nil {
+		return nil
+	}
+	if b := s.direct.base(ctx, bucket); b.ok {
+		return b
+	}
+	return nil
 }
 
 // isSigV4 recognises plain SigV4 as the endpoint rules name it.

@@ -246,14 +246,12 @@ func (s *Store) Get(ctx context.Context, bucket, key, versionID string, r *engin
 
 // get sends the GetObject, directly when it can.
 func (s *Store) get(ctx context.Context, bucket, key, versionID string, r *engine.ByteRange) (*engine.Object, string, error) {
-	if s.direct != nil && s.direct.gets {
-		if b := s.direct.base(ctx, bucket); b.ok {
-			resp, err := s.direct.get(ctx, b, bucket, key, versionID, r)
-			if err != nil {
-				return nil, "", err
-			}
-			return objectFrom(resp), resp.Header.Get("Content-Range"), nil
+	if b := s.directFor(ctx, bucket); b != nil && s.direct.gets {
+		resp, err := s.direct.get(ctx, b, bucket, key, versionID, r)
+		if err != nil {
+			return nil, "", err
 		}
+		return objectFrom(resp), resp.Header.Get("Content-Range"), nil
 	}
 	in := &s3.GetObjectInput{Bucket: &bucket, Key: &key, VersionId: optional(versionID)}
 	if r != nil {
@@ -372,14 +370,12 @@ func (s *Store) integrityOf(body engine.Payload) (contentMD5, crc32c *string) {
 // Put implements engine.Destination.
 func (s *Store) Put(ctx context.Context, bucket, key string, meta engine.ObjectMeta, body engine.Payload) (string, error) {
 	contentMD5, crc := s.integrityOf(body)
-	if s.direct != nil {
-		if b := s.direct.base(ctx, bucket); b.ok {
-			h, err := s.direct.put(ctx, b, "PutObject", key, nil, putHeaders(meta, contentMD5, crc), body)
-			if err != nil {
-				return "", classify(err, false)
-			}
-			return h.Get("X-Amz-Version-Id"), nil
+	if b := s.directFor(ctx, bucket); b != nil {
+		h, err := s.direct.put(ctx, b, "PutObject", key, nil, putHeaders(meta, contentMD5, crc), body)
+		if err != nil {
+			return "", classify(err, false)
 		}
+		return h.Get("X-Amz-Version-Id"), nil
 	}
 	in := &s3.PutObjectInput{
 		Bucket: &bucket, Key: &key,
@@ -524,15 +520,13 @@ func (s *Store) CreateMultipart(ctx context.Context, bucket, key string, meta en
 // the store check the part's bytes.
 func (s *Store) UploadPart(ctx context.Context, bucket, key, uploadID string, n int32, body engine.Payload) (string, error) {
 	contentMD5, crc := s.integrityOf(body)
-	if s.direct != nil {
-		if b := s.direct.base(ctx, bucket); b.ok {
-			q := url.Values{"partNumber": {strconv.Itoa(int(n))}, "uploadId": {uploadID}}
-			h, err := s.direct.put(ctx, b, "UploadPart", key, q, putHeaders(engine.ObjectMeta{}, contentMD5, crc), body)
-			if err != nil {
-				return "", classify(err, false)
-			}
-			return strings.Trim(h.Get("ETag"), `"`), nil
+	if b := s.directFor(ctx, bucket); b != nil {
+		q := url.Values{"partNumber": {strconv.Itoa(int(n))}, "uploadId": {uploadID}}
+		h, err := s.direct.put(ctx, b, "UploadPart", key, q, putHeaders(engine.ObjectMeta{}, contentMD5, crc), body)
+		if err != nil {
+			return "", classify(err, false)
 		}
+		return strings.Trim(h.Get("ETag"), `"`), nil
 	}
 	in := &s3.UploadPartInput{
 		Bucket: &bucket, Key: &key, UploadId: &uploadID, PartNumber: aws.Int32(n),
