@@ -4,6 +4,7 @@
 package checkpoint
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -135,6 +136,11 @@ func (s *Store) Record(ctx context.Context, ops []*engine.Op) ([]*engine.Op, err
 				continue
 			}
 			seen[id] = true
+			seq, err := b.NextSequence()
+			if err != nil {
+				return err
+			}
+			op.Seq = seq
 			if err := putJSON(b, id, op); err != nil {
 				return err
 			}
@@ -232,6 +238,28 @@ func (s *Store) Get(id string) (*engine.Op, error) {
 		return json.Unmarshal(raw, op)
 	})
 	return op, err
+}
+
+// OpsOf returns every op recorded for a rule and source version: the first
+// copy and any later passes.
+func (s *Store) OpsOf(rule, bucket, key, version string) ([]*engine.Op, error) {
+	id := []byte(engine.OpID(rule, bucket, key, version))
+	var ops []*engine.Op
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketOps).Cursor()
+		for k, v := c.Seek(id); k != nil && bytes.HasPrefix(k, id); k, v = c.Next() {
+			if len(k) > len(id) && k[len(id)] != 0 {
+				continue // another key that starts with this one
+			}
+			op := new(engine.Op)
+			if err := json.Unmarshal(v, op); err != nil {
+				return fmt.Errorf("decode op %q: %w", k, err)
+			}
+			ops = append(ops, op)
+		}
+		return nil
+	})
+	return ops, err
 }
 
 // Retry implements engine.StateStore.

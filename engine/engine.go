@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -210,6 +211,18 @@ func (e *Engine) load() error {
 	if err != nil {
 		return fmt.Errorf("load backlog: %w", err)
 	}
+	// Back in arrival order: the state file lists ops by ID, and ops
+	// without sequencers (backfill) run in the order they were recorded.
+	// Ops from before Seq existed are older than any that have one.
+	slices.SortStableFunc(ops, func(a, b *Op) int {
+		if c := cmp.Compare(min(a.Seq, 1), min(b.Seq, 1)); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.Seq, b.Seq); c != 0 {
+			return c
+		}
+		return a.Recorded.Compare(b.Recorded)
+	})
 	for _, op := range ops {
 		e.m.track(op, 1)
 	}

@@ -297,3 +297,35 @@ func TestSecondPassIsNotTheFirstCopy(t *testing.T) {
 		t.Fatalf("destination history after the second pass: %d versions %+v, want the first copy and one marked current-1", len(got), got)
 	}
 }
+
+// Backfill ops carry no sequencer: after a restart they must still run in
+// the order they were recorded, not in the state file's key order, or the
+// destination would end on an older version.
+func TestRestoredOpsKeepArrivalOrder(t *testing.T) {
+	store, err := checkpoint.Open(t.TempDir(), checkpoint.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	src, dst := newMem(), newMem()
+	// Version ids that sort the other way round from their age.
+	src.versions["src/k"] = []memVersion{{id: "zz-older", body: []byte("old")}, {id: "aa-newer", body: []byte("new")}}
+	var ops []*engine.Op
+	for _, v := range []string{"zz-older", "aa-newer"} {
+		o := op("k", v, "")
+		o.Origin = engine.OriginBackfill
+		ops = append(ops, o)
+	}
+	// Recorded, then the process died before running them.
+	if _, err := store.Record(context.Background(), ops); err != nil {
+		t.Fatal(err)
+	}
+	if ops[0].Seq == 0 || ops[1].Seq <= ops[0].Seq {
+		t.Fatalf("recorded ops got sequence numbers %d and %d, want increasing", ops[0].Seq, ops[1].Seq)
+	}
+	runEngine(t, store, src, dst, nil, func() bool { return dst.puts.Load() == 2 })
+	got := dst.versions["dst/k"]
+	if len(got) != 2 || string(got[0].body) != "old" || string(got[1].body) != "new" {
+		t.Fatalf("destination history %v, want old then new", got)
+	}
+}

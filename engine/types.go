@@ -68,6 +68,9 @@ type Op struct {
 	// repairing a replica deleted or overwritten on the destination) from
 	// the op that copied it first.
 	Pass string `json:"pass,omitempty"`
+	// Seq is the arrival order the state file gave the op when recording
+	// it: ops without sequencers keep it across restarts.
+	Seq uint64 `json:"seq,omitempty"`
 
 	EventTime time.Time `json:"event_time,omitempty"`
 	Recorded  time.Time `json:"recorded"`

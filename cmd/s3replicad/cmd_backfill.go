@@ -195,13 +195,24 @@ func (b *backfills) plan(ctx context.Context, rule engine.Rule, key string, all 
 	if err != nil || len(vs) == 0 {
 		return nil, err
 	}
+	// The state file is read before the destination is looked at: a copy
+	// that finishes in between is then seen as on the destination rather
+	// than as lost from it, and is not written a second time.
+	known := make(map[string][]*engine.Op, len(vs))
+	for _, v := range vs {
+		prev, err := r.state.OpsOf(rule.ID, rule.SourceBucket, key, v.VersionID)
+		if err != nil {
+			return nil, err
+		}
+		known[v.VersionID] = prev
+	}
 	destKey := rule.DestinationPrefix + key
 	have, err := inspect(ctx, r.dests[rule.Destination], rule.DestinationBucket, destKey)
 	if err != nil {
 		return nil, err
 	}
 	now := time.Now()
-	mk := func(v engine.Version, a engine.Action) (*engine.Op, error) {
+	mk := func(v engine.Version, a engine.Action) *engine.Op {
 		op := &engine.Op{
 			Rule: rule.ID, Bucket: rule.SourceBucket, Key: key, VersionID: v.VersionID, ETag: v.ETag, Size: v.Size,
 			Action: a, Origin: engine.OriginBackfill, Dest: rule.Destination, DestBucket: rule.DestinationBucket,
@@ -210,17 +221,13 @@ func (b *backfills) plan(ctx context.Context, rule engine.Rule, key string, all 
 		if a == engine.ActionDeleteMarker {
 			op.Size = 0
 		}
-		prev, err := r.state.Get(op.ID())
-		if err != nil {
-			return nil, err
-		}
-		if prev != nil {
+		for _, prev := range known[v.VersionID] {
 			if !prev.State.Terminal() || prev.State == engine.Failed {
-				return nil, nil // already queued, or failed and waiting for `retry`
+				return nil // already queued, or failed and waiting for `retry`
 			}
 			op.Pass = "backfill-" + pass // copied before, since lost on the destination
 		}
-		return op, nil
+		return op
 	}
 	var ops []*engine.Op
 	lastWritten := ""
@@ -232,11 +239,7 @@ func (b *backfills) plan(ctx context.Context, rule engine.Rule, key string, all 
 		if _, ok := have.bySource[v.VersionID]; ok {
 			continue
 		}
-		op, err := mk(v, engine.ActionCopy)
-		if err != nil {
-			return nil, err
-		}
-		if op != nil {
+		if op := mk(v, engine.ActionCopy); op != nil {
 			ops = append(ops, op)
 			lastWritten = v.VersionID
 		}
@@ -245,9 +248,7 @@ func (b *backfills) plan(ctx context.Context, rule engine.Rule, key string, all 
 	switch {
 	case latest.DeleteMarker && rule.ReplicateDeleteMarkers && len(rule.Tags) == 0:
 		if have.current == nil || !have.current.DeleteMarker || lastWritten != "" {
-			if op, err := mk(latest, engine.ActionDeleteMarker); err != nil {
-				return nil, err
-			} else if op != nil {
+			if op := mk(latest, engine.ActionDeleteMarker); op != nil {
 				ops = append(ops, op)
 			}
 		}
@@ -255,11 +256,7 @@ func (b *backfills) plan(ctx context.Context, rule engine.Rule, key string, all 
 		currentOK := lastWritten == latest.VersionID ||
 			(lastWritten == "" && have.current != nil && have.current.source == latest.VersionID)
 		if !currentOK {
-			op, err := mk(latest, engine.ActionCopy)
-			if err != nil {
-				return nil, err
-			}
-			if op != nil {
+			if op := mk(latest, engine.ActionCopy); op != nil {
 				if op.Pass == "" {
 					op.Pass = "current-" + pass
 				}
