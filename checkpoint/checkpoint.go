@@ -407,3 +407,6 @@ func (s *Store) Prune(before time.Time) (int, error) {
 		}
 	}
 }
+
+// Stats are the state file's bbolt statistics (benchmarks read them).
+func (s *Store) Stats() bolt.Stats { return s.db.Stats() }

@@ -84,7 +84,7 @@ func New(cfg Config) (*Engine, error) {
 		}
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 16
+		cfg.Workers = 32
 	}
 	if cfg.Pollers <= 0 {
 		cfg.Pollers = 8
@@ -271,9 +271,14 @@ func (e *Engine) Retry(keys []string) (int, error) {
 // Backlog is the number of unfinished ops the engine holds.
 func (e *Engine) Backlog() int { return e.sched.Len() }
 
+// shortPoll is how fast an empty receive must come back to be taken for a
+// short poll rather than a long poll that waited in vain.
+const shortPoll = 200 * time.Millisecond
+
 func (e *Engine) poll(ctx, workCtx context.Context, acks chan<- []Message) error {
-	failures := 0
+	failures, empty := 0, 0
 	for ctx.Err() == nil {
+		began := time.Now()
 		msgs, err := e.cfg.Queue.Receive(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -293,8 +298,15 @@ func (e *Engine) poll(ctx, workCtx context.Context, acks chan<- []Message) error
 		failures = 0
 		e.ready.Store(true)
 		if len(msgs) == 0 {
+			// An empty answer that came at once is a short poll (wait_time
+			// 0): pause, so that idle pollers do not spin against the queue.
+			empty++
+			if time.Since(began) < shortPoll && !sleep(ctx, backoff(empty, 20*time.Millisecond, 500*time.Millisecond)) {
+				return nil
+			}
 			continue
 		}
+		empty = 0
 		if ack := e.handle(ctx, msgs); len(ack) > 0 {
 			select {
 			case acks <- ack:

@@ -329,3 +329,47 @@ func TestRestoredOpsKeepArrivalOrder(t *testing.T) {
 		t.Fatalf("destination history %v, want old then new", got)
 	}
 }
+
+// emptyQueue answers every receive at once with nothing, as a short poll of
+// an idle queue does.
+type emptyQueue struct{ receives atomic.Int64 }
+
+func (q *emptyQueue) Receive(context.Context) ([]engine.Message, error) {
+	q.receives.Add(1)
+	return nil, nil
+}
+func (q *emptyQueue) Delete(context.Context, []engine.Message) error { return nil }
+func (q *emptyQueue) ExtendVisibility(context.Context, []engine.Message, time.Duration) error {
+	return nil
+}
+
+// Idle pollers of a short-polled queue pause between receives instead of
+// spinning: 8 pollers over one second ask a few dozen times, not thousands.
+func TestIdleShortPollsPause(t *testing.T) {
+	store, err := checkpoint.Open(t.TempDir(), checkpoint.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	q := &emptyQueue{}
+	e, err := engine.New(engine.Config{
+		Rules:  []engine.Rule{{ID: "r", Enabled: true, SourceBucket: "src", Destination: "d", DestinationBucket: "dst"}},
+		Source: newMem(), Destinations: map[string]engine.Destination{"d": newMem()},
+		State: store, Queue: q, Pollers: 8,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := e.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Each poller: 20+40+80+160+320+500 ms of pauses fill the second.
+	if n := q.receives.Load(); n < 8 || n > 8*8 {
+		t.Fatalf("8 idle pollers made %d receives in a second, want between 8 and 64", n)
+	}
+	if !e.Ready() {
+		t.Fatal("an idle queue that answers is ready")
+	}
+}

@@ -452,7 +452,7 @@ func (c *Config) applyDefaults() {
 		}
 	}
 	if c.Transfer.Workers == 0 {
-		c.Transfer.Workers = 16
+		c.Transfer.Workers = 32
 	}
 	if c.Transfer.PartSize == 0 {
 		c.Transfer.PartSize = 16 << 20

@@ -34,7 +34,7 @@ func TestConfigDefaultsAndExpansion(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.Listen != "127.0.0.1:9464" || cfg.ShutdownTimeout.D() != 30*time.Second || cfg.Queue.WaitTime.D() != 20*time.Second ||
-		cfg.Transfer.Workers != 16 || cfg.Transfer.PartSize != 16<<20 || cfg.Transfer.MultipartThreshold != 32<<20 ||
+		cfg.Transfer.Workers != 32 || cfg.Transfer.PartSize != 16<<20 || cfg.Transfer.MultipartThreshold != 32<<20 ||
 		cfg.Transfer.PartConcurrency != 4 || !*cfg.Rules[0].Enabled {
 		t.Fatalf("defaults not applied: %+v", cfg)
 	}
