@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"crypto/rand"
 	"fmt"
+	"hash/crc32"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
+	"github.com/s3replicad/s3replicad/engine"
 	"github.com/s3replicad/s3replicad/internal/testenv"
 )
 
@@ -152,6 +155,19 @@ func TestMultipartObjectIsCopiedInParts(t *testing.T) {
 	}
 	if w.destTags(ev.Key)["size"] != "large" {
 		t.Errorf("tags lost on multipart replica")
+	}
+	// The upload was created with CRC32C: the store checked each part's
+	// checksum and the replica carries their composite.
+	head, err := w.dst.HeadObject(w.ctx, &s3.HeadObjectInput{Bucket: &w.dstBucket, Key: aws.String(ev.Key), ChecksumMode: types.ChecksumModeEnabled})
+	must(t, err)
+	var sums []byte
+	for off := 0; off < len(data); off += 5 << 20 {
+		c := crc32.Checksum(data[off:min(off+5<<20, len(data))], crc32.MakeTable(crc32.Castagnoli))
+		sums = append(sums, byte(c>>24), byte(c>>16), byte(c>>8), byte(c))
+	}
+	want := engine.CRC32CBase64(crc32.Checksum(sums, crc32.MakeTable(crc32.Castagnoli))) + "-3"
+	if got := aws.ToString(head.ChecksumCRC32C); got != want {
+		t.Errorf("replica's CRC32C checksum is %q, want the parts' composite %q", got, want)
 	}
 	if got := d.metric("s3replicad_source_bytes_read_total"); got < float64(len(data)) {
 		t.Errorf("source_bytes_read_total = %v, want >= %d", got, len(data))

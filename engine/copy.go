@@ -2,6 +2,8 @@ package engine
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -289,11 +291,13 @@ func (e *Engine) copyMultipart(ctx context.Context, rule *Rule, dest Destination
 		return "", err
 	}
 	if up == nil {
-		id, err := dest.CreateMultipart(ctx, op.DestBucket, op.DestKey, replicaMeta(rule, op, head))
+		// Parts sent through the daemon carry their CRC32C; a store that
+		// keeps it per part need not compute a checksum of its own.
+		id, algo, err := dest.CreateMultipart(ctx, op.DestBucket, op.DestKey, replicaMeta(rule, op, head), cp == nil)
 		if err != nil {
 			return "", fmt.Errorf("create multipart upload for %s/%s: %w", op.DestBucket, op.DestKey, err)
 		}
-		up = &Upload{UploadID: id, PartSize: PartSizeFor(head.Size, e.cfg.PartSize), Size: head.Size, ETag: head.ETag}
+		up = &Upload{UploadID: id, PartSize: PartSizeFor(head.Size, e.cfg.PartSize), Size: head.Size, ETag: head.ETag, Checksum: algo}
 		if err := e.cfg.State.SaveUpload(op.ID(), up); err != nil {
 			_ = dest.AbortMultipart(context.WithoutCancel(ctx), op.DestBucket, op.DestKey, id)
 			return "", fmt.Errorf("record upload: %w", err)
@@ -312,8 +316,11 @@ func (e *Engine) copyMultipart(ctx context.Context, rule *Rule, dest Destination
 	parts := slices.Clone(up.Parts)
 	slices.SortFunc(parts, func(a, b Part) int { return int(a.Number - b.Number) })
 	var sum int64
-	for _, p := range parts {
+	for i, p := range parts {
 		sum += p.Size
+		if up.Checksum == "" {
+			parts[i].CRC32C = "" // the store keeps none to compare with
+		}
 	}
 	if sum != up.Size {
 		// Cannot happen unless the record is damaged: start over.
@@ -412,13 +419,14 @@ func (e *Engine) uploadParts(ctx context.Context, dest Destination, cp ServerSid
 			first := int64(n-1) * up.PartSize
 			last := min(first+up.PartSize, up.Size) - 1
 			size := last - first + 1
-			etag, err := e.sendPart(gctx, dest, cp, op, up, n, ByteRange{first, last})
+			part, err := e.sendPart(gctx, dest, cp, op, up, n, ByteRange{first, last})
 			if err != nil {
 				return err
 			}
+			part.Size = size
 			mu.Lock()
 			defer mu.Unlock()
-			up.Parts = append(up.Parts, Part{Number: n, ETag: etag, Size: size})
+			up.Parts = append(up.Parts, part)
 			snapshot := *up
 			snapshot.Parts = slices.Clone(up.Parts)
 			if err := e.cfg.State.SaveUpload(op.ID(), &snapshot); err != nil {
@@ -439,41 +447,48 @@ func (e *Engine) uploadParts(ctx context.Context, dest Destination, cp ServerSid
 	return nil
 }
 
-// sendPart writes part n, bytes r of the source version, and returns its ETag.
-func (e *Engine) sendPart(ctx context.Context, dest Destination, cp ServerSideCopier, op *Op, up *Upload, n int32, r ByteRange) (string, error) {
+// sendPart writes part n, bytes r of the source version, and returns it.
+func (e *Engine) sendPart(ctx context.Context, dest Destination, cp ServerSideCopier, op *Op, up *Upload, n int32, r ByteRange) (Part, error) {
 	size := r.Last - r.First + 1
 	if cp != nil && size > 0 {
 		etag, err := cp.CopyPart(ctx, VersionRef{op.Bucket, op.Key, op.VersionID}, r, op.DestBucket, op.DestKey, up.UploadID, n)
 		if err != nil {
-			return "", fmt.Errorf("copy part %d of %s inside the store: %w", n, op, err)
+			return Part{}, fmt.Errorf("copy part %d of %s inside the store: %w", n, op, err)
 		}
 		e.m.inStoreBytes.WithLabelValues(op.Dest).Add(float64(size))
-		return etag, nil
+		return Part{Number: n, ETag: etag}, nil
 	}
 	buf, err := e.buffers.get(ctx, size)
 	if err != nil {
-		return "", err
+		return Part{}, err
 	}
 	defer e.buffers.put(buf)
 	var crc uint32
 	if size > 0 {
 		obj, err := e.cfg.Source.Get(ctx, op.Bucket, op.Key, op.VersionID, &r)
 		if err != nil {
-			return "", fmt.Errorf("get part %d of %s: %w", n, op, err)
+			return Part{}, fmt.Errorf("get part %d of %s: %w", n, op, err)
 		}
 		var got int
 		got, crc, err = readFull(obj.Body, buf)
 		obj.Body.Close()
 		e.m.sourceBytes.Add(float64(got))
 		if err != nil {
-			return "", fmt.Errorf("read part %d of %s: got %d of %d bytes: %w", n, op, got, size, err)
+			return Part{}, fmt.Errorf("read part %d of %s: got %d of %d bytes: %w", n, op, got, size, err)
 		}
 	}
 	etag, err := dest.UploadPart(ctx, op.DestBucket, op.DestKey, up.UploadID, n, Payload{Data: buf, CRC32C: crc, Mem: e.buffers.memOf(buf)})
 	if err != nil {
-		return "", fmt.Errorf("upload part %d of %s/%s: %w", n, op.DestBucket, op.DestKey, err)
+		return Part{}, fmt.Errorf("upload part %d of %s/%s: %w", n, op.DestBucket, op.DestKey, err)
 	}
-	return etag, nil
+	return Part{Number: n, ETag: etag, CRC32C: CRC32CBase64(crc)}, nil
+}
+
+// CRC32CBase64 is a CRC32C as S3 headers carry it.
+func CRC32CBase64(crc uint32) string {
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], crc)
+	return base64.StdEncoding.EncodeToString(b[:])
 }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)

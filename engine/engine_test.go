@@ -90,8 +90,8 @@ func (m *memStore) Put(_ context.Context, bucket, key string, meta engine.Object
 	return m.add(bucket, key, memVersion{body: bytes.Clone(body.Data), meta: meta}), nil
 }
 
-func (m *memStore) CreateMultipart(context.Context, string, string, engine.ObjectMeta) (string, error) {
-	return "", errors.New("not used")
+func (m *memStore) CreateMultipart(context.Context, string, string, engine.ObjectMeta, bool) (string, string, error) {
+	return "", "", errors.New("not used")
 }
 func (m *memStore) UploadPart(context.Context, string, string, string, int32, engine.Payload) (string, error) {
 	return "", errors.New("not used")

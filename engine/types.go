@@ -157,6 +157,10 @@ type Upload struct {
 	PartSize int64  `json:"part_size"`
 	Size     int64  `json:"size"`
 	ETag     string `json:"source_etag"`
+	// Checksum is the algorithm the store keeps for each part ("CRC32C"),
+	// empty when the upload was created without one: the completion then
+	// lists no part checksums.
+	Checksum string `json:"checksum,omitempty"`
 	Parts    []Part `json:"parts"`
 }
 
@@ -165,6 +169,9 @@ type Part struct {
 	Number int32  `json:"n"`
 	ETag   string `json:"etag"`
 	Size   int64  `json:"size"`
+	// CRC32C is the part's checksum as sent (base64 of the big-endian
+	// value); empty for parts copied inside the store.
+	CRC32C string `json:"crc32c,omitempty"`
 }
 
 // Message is one message received from the queue.
@@ -254,7 +261,10 @@ type Source interface {
 // Destination is the store replicated to.
 type Destination interface {
 	Put(ctx context.Context, bucket, key string, meta ObjectMeta, body Payload) (string, error)
-	CreateMultipart(ctx context.Context, bucket, key string, meta ObjectMeta) (string, error)
+	// CreateMultipart starts an upload. With partChecksums the parts will
+	// carry their CRC32C and the store is asked to keep it; it returns the
+	// algorithm the store took on ("" for none).
+	CreateMultipart(ctx context.Context, bucket, key string, meta ObjectMeta, partChecksums bool) (uploadID, algorithm string, err error)
 	UploadPart(ctx context.Context, bucket, key, uploadID string, n int32, body Payload) (string, error)
 	ListParts(ctx context.Context, bucket, key, uploadID string) ([]Part, error)
 	CompleteMultipart(ctx context.Context, bucket, key, uploadID string, parts []Part) (string, error)

@@ -10,7 +10,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +20,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -90,6 +90,10 @@ type Store struct {
 	region    string
 	integrity string
 	direct    *direct // nil: every request through the SDK
+	log       *slog.Logger
+	// noPartChecksums is set once the store has refused a multipart
+	// upload with a checksum algorithm.
+	noPartChecksums atomic.Bool
 }
 
 var (
@@ -186,7 +190,11 @@ func New(ctx context.Context, c Config) (*Store, error) {
 	if c.Integrity == "" {
 		c.Integrity = IntegrityCRC32C
 	}
-	st := &Store{client: client, endpoint: c.Endpoint, region: c.Region, integrity: c.Integrity}
+	log := c.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	st := &Store{client: client, endpoint: c.Endpoint, region: c.Region, integrity: c.Integrity, log: log}
 	if !c.SDKDataPath {
 		st.direct = newDirect(client, c.UserAgent)
 	}
@@ -362,9 +370,7 @@ func (s *Store) integrityOf(body engine.Payload) (contentMD5, crc32c *string) {
 		sum := md5.Sum(body.Data)
 		return aws.String(base64.StdEncoding.EncodeToString(sum[:])), nil
 	}
-	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], body.CRC32C)
-	return nil, aws.String(base64.StdEncoding.EncodeToString(b[:]))
+	return nil, aws.String(engine.CRC32CBase64(body.CRC32C))
 }
 
 // Put implements engine.Destination.
@@ -500,7 +506,13 @@ func (s *Store) CopyPart(ctx context.Context, src engine.VersionRef, r engine.By
 }
 
 // CreateMultipart implements engine.Destination.
-func (s *Store) CreateMultipart(ctx context.Context, bucket, key string, meta engine.ObjectMeta) (string, error) {
+// With partChecksums, and crc32c integrity, the upload is created with the
+// CRC32C algorithm: the store then checks and keeps each part's CRC32C
+// instead of computing a default checksum of its own over every byte, and
+// the replica gets a checksum. A store that refuses the algorithm is asked
+// again without it, and never again; one that ignores it does not echo it,
+// and the upload is treated as created without.
+func (s *Store) CreateMultipart(ctx context.Context, bucket, key string, meta engine.ObjectMeta, partChecksums bool) (string, string, error) {
 	var p s3.PutObjectInput
 	applyPut(&p, meta)
 	in := &s3.CreateMultipartUploadInput{
@@ -509,11 +521,39 @@ func (s *Store) CreateMultipart(ctx context.Context, bucket, key string, meta en
 		ContentLanguage: p.ContentLanguage, CacheControl: p.CacheControl, Expires: p.Expires,
 		Metadata: p.Metadata, Tagging: p.Tagging, StorageClass: p.StorageClass,
 	}
-	out, err := s.client.CreateMultipartUpload(ctx, in)
-	if err != nil {
-		return "", classify(err, false)
+	declare := partChecksums && s.integrity == IntegrityCRC32C && !s.noPartChecksums.Load()
+	if declare {
+		in.ChecksumAlgorithm = types.ChecksumAlgorithmCrc32c
 	}
-	return aws.ToString(out.UploadId), nil
+	out, err := s.client.CreateMultipartUpload(ctx, in)
+	if err != nil && declare && refusesChecksum(err) {
+		s.noPartChecksums.Store(true)
+		s.log.Warn("the store refuses multipart uploads with a CRC32C checksum; creating them without", "err", err)
+		in.ChecksumAlgorithm = ""
+		out, err = s.client.CreateMultipartUpload(ctx, in)
+	}
+	if err != nil {
+		return "", "", classify(err, false)
+	}
+	algo := ""
+	if in.ChecksumAlgorithm != "" && strings.EqualFold(string(out.ChecksumAlgorithm), string(in.ChecksumAlgorithm)) {
+		algo = string(types.ChecksumAlgorithmCrc32c)
+	}
+	return aws.ToString(out.UploadId), algo, nil
+}
+
+// refusesChecksum reports whether a CreateMultipartUpload error is the
+// store rejecting the checksum algorithm rather than anything else.
+func refusesChecksum(err error) bool {
+	var re interface{ HTTPStatusCode() int }
+	if !errors.As(err, &re) {
+		return false
+	}
+	switch re.HTTPStatusCode() {
+	case http.StatusBadRequest, http.StatusNotImplemented:
+		return true
+	}
+	return false
 }
 
 // UploadPart implements engine.Destination; the integrity header makes
@@ -561,6 +601,9 @@ func (s *Store) CompleteMultipart(ctx context.Context, bucket, key, uploadID str
 	cp := make([]types.CompletedPart, len(parts))
 	for i, p := range parts {
 		cp[i] = types.CompletedPart{PartNumber: aws.Int32(p.Number), ETag: aws.String(`"` + p.ETag + `"`)}
+		if p.CRC32C != "" {
+			cp[i].ChecksumCRC32C = aws.String(p.CRC32C)
+		}
 	}
 	out, err := s.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
 		Bucket: &bucket, Key: &key, UploadId: &uploadID, MultipartUpload: &types.CompletedMultipartUpload{Parts: cp},

@@ -87,3 +87,60 @@ func TestErrorsAreClassifiedAtTheBoundary(t *testing.T) {
 		})
 	}
 }
+
+// A multipart upload asks for CRC32C part checksums; the algorithm counts
+// only when the store echoes it, and a store that refuses it is asked again
+// without, then never asked again.
+func TestMultipartChecksumAlgorithmIsNegotiated(t *testing.T) {
+	const initiated = `<?xml version="1.0" encoding="UTF-8"?><InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key><UploadId>up1</UploadId></InitiateMultipartUploadResult>`
+	for _, c := range []struct {
+		store    string
+		want     string
+		requests []string // x-amz-checksum-algorithm of each create, over two uploads
+	}{
+		{"honours", "CRC32C", []string{"CRC32C", "CRC32C"}},
+		{"ignores", "", []string{"CRC32C", "CRC32C"}},
+		{"refuses", "", []string{"CRC32C", "", ""}},
+	} {
+		t.Run(c.store, func(t *testing.T) {
+			var mu sync.Mutex
+			var asked []string
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				algo := r.Header.Get("X-Amz-Checksum-Algorithm")
+				mu.Lock()
+				asked = append(asked, algo)
+				mu.Unlock()
+				w.Header().Set("Content-Type", "application/xml")
+				switch {
+				case c.store == "refuses" && algo != "":
+					w.WriteHeader(http.StatusBadRequest)
+					fmt.Fprint(w, `<Error><Code>InvalidArgument</Code><Message>checksum algorithm not supported</Message></Error>`)
+					return
+				case c.store == "honours":
+					w.Header().Set("X-Amz-Checksum-Algorithm", algo)
+				}
+				fmt.Fprint(w, initiated)
+			}))
+			defer srv.Close()
+			st, err := New(context.Background(), Config{Endpoint: srv.URL, PathStyle: true, AccessKeyID: "AK", SecretAccessKey: "SK"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range 2 {
+				id, algo, err := st.CreateMultipart(context.Background(), "b", "k", engine.ObjectMeta{}, true)
+				if err != nil || id != "up1" || algo != c.want {
+					t.Fatalf("CreateMultipart = %q, %q, %v; want up1, %q", id, algo, err, c.want)
+				}
+			}
+			if fmt.Sprint(asked) != fmt.Sprint(c.requests) {
+				t.Fatalf("algorithms asked for %q, want %q", asked, c.requests)
+			}
+		})
+	}
+	// Parts copied inside the store carry no checksum: none is asked for.
+	st, last := fakeS3(t, 200, "")
+	_, _, _ = st.CreateMultipart(context.Background(), "b", "k", engine.ObjectMeta{}, false)
+	if got := last().Header.Get("X-Amz-Checksum-Algorithm"); got != "" {
+		t.Fatalf("an upload of copied parts asked for %q", got)
+	}
+}
