@@ -290,6 +290,9 @@ func (e *Engine) copyMultipart(ctx context.Context, rule *Rule, dest Destination
 	if err != nil {
 		return "", err
 	}
+	if up != nil && up.Checksum != "" {
+		cp = nil // its parts must carry checksums, which only sent parts have
+	}
 	if up == nil {
 		// Parts sent through the daemon carry their CRC32C; a store that
 		// keeps it per part need not compute a checksum of its own.
