@@ -47,6 +47,10 @@ type Config struct {
 	DrainTimeout time.Duration
 	// BackoffMin and BackoffMax bound the retry delay of transient failures.
 	BackoffMin, BackoffMax time.Duration
+	// MaxBacklog bounds the unfinished ops the engine holds: beyond it
+	// intake stops receiving (messages wait in the queue) and backfill
+	// waits, so that memory does not grow with a backlog.
+	MaxBacklog int
 
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
@@ -109,6 +113,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.BackoffMax <= 0 {
 		cfg.BackoffMax = 5 * time.Minute
+	}
+	if cfg.MaxBacklog <= 0 {
+		cfg.MaxBacklog = max(1000, 100*cfg.Workers)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -234,7 +241,11 @@ func (e *Engine) load() error {
 }
 
 // Submit records ops durably and schedules the new ones (backfill uses it).
+// It waits while the engine's backlog is full.
 func (e *Engine) Submit(ctx context.Context, ops []*Op) (int, error) {
+	if err := e.sched.waitRoom(ctx, e.cfg.MaxBacklog); err != nil {
+		return 0, err
+	}
 	added, err := e.cfg.State.Record(ctx, ops)
 	if err != nil {
 		return 0, err
@@ -278,6 +289,9 @@ const shortPoll = 200 * time.Millisecond
 func (e *Engine) poll(ctx, workCtx context.Context, acks chan<- []Message) error {
 	failures, empty := 0, 0
 	for ctx.Err() == nil {
+		if e.sched.waitRoom(ctx, e.cfg.MaxBacklog) != nil {
+			return nil
+		}
 		began := time.Now()
 		msgs, err := e.cfg.Queue.Receive(ctx)
 		if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/s3replicad/s3replicad/checkpoint"
 	"github.com/s3replicad/s3replicad/engine"
+	"github.com/s3replicad/s3replicad/internal/testenv"
 )
 
 // memStore is a tiny versioned object store behind the engine's interfaces.
@@ -371,5 +372,78 @@ func TestIdleShortPollsPause(t *testing.T) {
 	}
 	if !e.Ready() {
 		t.Fatal("an idle queue that answers is ready")
+	}
+}
+
+// listQueue hands out its messages ten at a time.
+type listQueue struct {
+	mu   sync.Mutex
+	msgs []engine.Message
+}
+
+func (q *listQueue) Receive(context.Context) ([]engine.Message, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := min(10, len(q.msgs))
+	out := q.msgs[:n:n]
+	q.msgs = q.msgs[n:]
+	return out, nil
+}
+func (q *listQueue) left() int { q.mu.Lock(); defer q.mu.Unlock(); return len(q.msgs) }
+func (q *listQueue) Delete(context.Context, []engine.Message) error { return nil }
+func (q *listQueue) ExtendVisibility(context.Context, []engine.Message, time.Duration) error {
+	return nil
+}
+
+// With the destination stalled, intake stops once the backlog is full:
+// the rest of the messages wait in the queue, not in memory. When the
+// destination comes back, everything is copied.
+func TestIntakeStopsWhenTheBacklogIsFull(t *testing.T) {
+	store, err := checkpoint.Open(t.TempDir(), checkpoint.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	src, dst := newMem(), newMem()
+	q := &listQueue{}
+	const total = 200
+	for i := range total {
+		key := fmt.Sprintf("k%03d", i)
+		v := src.add("src", key, memVersion{body: []byte(key)})
+		body := testenv.S3Body(testenv.Event{Name: "ObjectCreated:Put", Bucket: "src", Key: key, VersionID: v, Size: 4, Sequencer: "01"})
+		q.msgs = append(q.msgs, engine.Message{ID: key, Body: []byte(body)})
+	}
+	stalled := make(chan struct{})
+	dst.afterPut = func() { <-stalled }
+	e, err := engine.New(engine.Config{
+		Rules:  []engine.Rule{{ID: "r", Enabled: true, SourceBucket: "src", Destination: "d", DestinationBucket: "dst"}},
+		Source: src, Destinations: map[string]engine.Destination{"d": dst},
+		State: store, Queue: q, Workers: 2, Pollers: 2, MaxBacklog: 20,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	time.Sleep(300 * time.Millisecond)
+	// Each poller may finish the batch it had received: 20 + 2 x 10.
+	if n := e.Backlog(); n < 20 || n > 40 {
+		t.Fatalf("backlog %d with the destination stalled, want the limit of 20 (up to 40)", n)
+	}
+	if left := q.left(); left < total-40 {
+		t.Fatalf("%d messages left in the queue, want at least %d", left, total-40)
+	}
+	close(stalled)
+	deadline := time.Now().Add(10 * time.Second)
+	for dst.puts.Load() < total && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := dst.puts.Load(); n != total {
+		t.Fatalf("%d of %d objects copied", n, total)
 	}
 }

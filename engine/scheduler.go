@@ -18,8 +18,9 @@ type scheduler struct {
 	keys    map[string]*keyQueue
 	ready   [2][]*keyQueue // [0] live, [1] backfill
 	wake    chan struct{}
-	count   int    // ops held
-	onReady func() // test hook
+	count   int           // ops held
+	room    chan struct{} // closed when count falls; nil when nobody waits
+	onReady func()        // test hook
 }
 
 type keyQueue struct {
@@ -164,6 +165,10 @@ func (s *scheduler) Done(op *Op, finished bool) {
 			if o == op {
 				kq.ops = append(kq.ops[:i], kq.ops[i+1:]...)
 				s.count--
+				if s.room != nil {
+					close(s.room)
+					s.room = nil
+				}
 				break
 			}
 		}
@@ -175,6 +180,27 @@ func (s *scheduler) Done(op *Op, finished bool) {
 		return
 	}
 	s.makeReadyLocked(kq)
+}
+
+// waitRoom blocks while the scheduler holds limit ops or more.
+func (s *scheduler) waitRoom(ctx context.Context, limit int) error {
+	for {
+		s.mu.Lock()
+		if s.count < limit {
+			s.mu.Unlock()
+			return nil
+		}
+		if s.room == nil {
+			s.room = make(chan struct{})
+		}
+		room := s.room
+		s.mu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // Len is the number of ops held.
