@@ -389,7 +389,7 @@ func (q *listQueue) Receive(context.Context) ([]engine.Message, error) {
 	q.msgs = q.msgs[n:]
 	return out, nil
 }
-func (q *listQueue) left() int { q.mu.Lock(); defer q.mu.Unlock(); return len(q.msgs) }
+func (q *listQueue) left() int                                      { q.mu.Lock(); defer q.mu.Unlock(); return len(q.msgs) }
 func (q *listQueue) Delete(context.Context, []engine.Message) error { return nil }
 func (q *listQueue) ExtendVisibility(context.Context, []engine.Message, time.Duration) error {
 	return nil
