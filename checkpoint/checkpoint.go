@@ -35,6 +35,7 @@ var (
 	bucketUploads  = []byte("uploads")
 	bucketCursors  = []byte("cursors")
 	keySchema      = []byte("schema")
+	keyRunning     = []byte("running") // set while a process runs the engine
 	allBuckets     = [][]byte{bucketMeta, bucketOps, bucketKeys, bucketUploads, bucketCursors}
 	errWrongSchema = errors.New("state file schema")
 )
@@ -183,6 +184,46 @@ func (s *Store) Save(ctx context.Context, op *engine.Op) error {
 	})
 	if err != nil {
 		return fmt.Errorf("save %s: %w", op, err)
+	}
+	return nil
+}
+
+// SaveAll implements engine.StateStore: one transaction for all.
+func (s *Store) SaveAll(ctx context.Context, ops []*engine.Op) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketOps)
+		for _, op := range ops {
+			if err := putJSON(b, op.ID(), op); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("save %d operations: %w", len(ops), err)
+	}
+	return nil
+}
+
+// BeginRun implements engine.StateStore.
+func (s *Store) BeginRun() (bool, error) {
+	var crashed bool
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		crashed = meta.Get(keyRunning) != nil
+		return meta.Put(keyRunning, []byte(time.Now().UTC().Format(time.RFC3339)))
+	})
+	if err != nil {
+		return false, fmt.Errorf("mark the state file in use: %w", err)
+	}
+	return crashed, nil
+}
+
+// EndRun implements engine.StateStore.
+func (s *Store) EndRun() error {
+	err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(keyRunning) })
+	if err != nil {
+		return fmt.Errorf("mark a clean stop in the state file: %w", err)
 	}
 	return nil
 }

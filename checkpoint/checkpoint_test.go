@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/s3replicad/s3replicad/checkpoint"
 	"github.com/s3replicad/s3replicad/engine"
@@ -40,5 +41,42 @@ func TestOpsOfAVersion(t *testing.T) {
 	}
 	if got, _ := st.OpsOf("r", "b", "zzz", "null"); len(got) != 0 {
 		t.Fatalf("OpsOf of an unknown version returned %d ops", len(got))
+	}
+}
+
+// The daemon's status counts the ops it is copying as in flight although
+// their write marks are not saved yet; a clean stop clears the run mark.
+func TestStatusOfARunningDaemonAndTheRunMark(t *testing.T) {
+	st, err := checkpoint.Open(t.TempDir(), checkpoint.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ops := []*engine.Op{
+		{Rule: "r", Bucket: "b", Key: "a", VersionID: "1", State: engine.Pending},
+		{Rule: "r", Bucket: "b", Key: "b", VersionID: "1", State: engine.Pending},
+	}
+	if _, err := st.Record(context.Background(), ops); err != nil {
+		t.Fatal(err)
+	}
+	s, err := st.StatusWith(time.Now(), map[string]bool{ops[1].ID(): true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Counts[engine.Pending] != 1 || s.Counts[engine.InFlight] != 1 || s.Rules["r"].Counts[engine.InFlight] != 1 {
+		t.Fatalf("counts %v, want one pending and one in flight", s.Counts)
+	}
+
+	for i, want := range []bool{false, true} {
+		crashed, err := st.BeginRun()
+		if err != nil || crashed != want {
+			t.Fatalf("BeginRun #%d: crashed=%v, %v; want %v", i+1, crashed, err, want)
+		}
+	}
+	if err := st.EndRun(); err != nil {
+		t.Fatal(err)
+	}
+	if crashed, _ := st.BeginRun(); crashed {
+		t.Fatal("after EndRun the next run is taken for a crash")
 	}
 }

@@ -55,10 +55,17 @@ func newCounts() map[engine.State]int64 {
 }
 
 // Status scans the state file.
-func (s *Store) Status(now time.Time) (*Status, error) {
+func (s *Store) Status(now time.Time) (*Status, error) { return s.StatusWith(now, nil) }
+
+// StatusWith is Status in the running daemon: the ops it has at work count
+// as in flight, whatever the file says yet (write marks are saved lazily).
+func (s *Store) StatusWith(now time.Time, running map[string]bool) (*Status, error) {
 	st := &Status{Counts: newCounts(), Rules: map[string]RuleStatus{}, Failed: []FailedItem{}, GeneratedAt: now.UTC()}
 	var oldest time.Time
 	err := s.Each(func(op *engine.Op) error {
+		if op.State == engine.Pending && running[op.ID()] {
+			op.State = engine.InFlight
+		}
 		st.Counts[op.State]++
 		rs, ok := st.Rules[op.Rule]
 		if !ok {

@@ -43,9 +43,7 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 		}
 	}
 	if op.Action == ActionDeleteMarker {
-		if err := e.startWrite(op); err != nil {
-			return "", err
-		}
+		e.markWrite(op)
 		v, err := dest.PutDeleteMarker(ctx, op.DestBucket, op.DestKey)
 		if err != nil {
 			return "", fmt.Errorf("put delete marker on %s/%s: %w", op.DestBucket, op.DestKey, err)
@@ -61,11 +59,6 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 	if op.Size > e.cfg.MultipartThreshold {
 		return e.copyMultipart(ctx, rule, dest, op, nil)
 	}
-	// The write mark is committed while the GET runs: the commit's latency
-	// is off the critical path. Marking a little early only means that a
-	// crash before the PUT costs a look at the destination.
-	mark := e.markAsync(op)
-	defer mark.wait()
 	obj, err := e.cfg.Source.Get(ctx, op.Bucket, op.Key, op.VersionID, nil)
 	if err != nil {
 		return "", fmt.Errorf("get %s: %w", op, err)
@@ -74,9 +67,6 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 		// The event did not tell the size; now we know it is large.
 		obj.Body.Close()
 		e.learnSize(op, obj.Size)
-		if err := mark.wait(); err != nil {
-			return "", err
-		}
 		return e.copyMultipart(ctx, rule, dest, op, nil)
 	}
 	e.learnSize(op, obj.Size)
@@ -95,9 +85,7 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 	if err := e.readTags(ctx, op, obj); err != nil {
 		return "", err
 	}
-	if err := mark.wait(); err != nil {
-		return "", err
-	}
+	e.markWrite(op)
 	v, err := dest.Put(ctx, op.DestBucket, op.DestKey, replicaMeta(rule, op, obj), Payload{Data: buf, CRC32C: crc, Mem: e.buffers.memOf(buf)})
 	if err != nil {
 		return "", fmt.Errorf("put %s/%s: %w", op.DestBucket, op.DestKey, err)
@@ -132,41 +120,17 @@ func (e *Engine) readTags(ctx context.Context, op *Op, obj *Object) error {
 	return nil
 }
 
-// startWrite durably marks that a write to the destination may happen, so
-// that after a crash the copier looks for the replica before writing again.
-func (e *Engine) startWrite(op *Op) error { return e.markAsync(op).wait() }
-
-// writeMark is a write mark being committed.
-type writeMark struct {
-	done chan struct{}
-	err  error
-}
-
-// markAsync sets op's write mark and commits it in the background; wait
-// returns the commit's result. Ops already marked commit nothing.
-func (e *Engine) markAsync(op *Op) *writeMark {
-	m := &writeMark{done: make(chan struct{})}
-	if !op.WriteStarted.IsZero() && op.State == InFlight {
-		close(m.done)
-		return m
-	}
+// markWrite notes, before each write to the destination, that op's version
+// may be there from now on: a later attempt looks for the replica before
+// writing again. The mark is not committed here, which would put a commit
+// before every write; it is saved with the op's next state, and for every
+// op still held when the engine stops cleanly. After a crash, every
+// unfinished op is taken as marked (see load).
+func (e *Engine) markWrite(op *Op) {
 	op.State = InFlight
 	if op.WriteStarted.IsZero() {
 		op.WriteStarted = time.Now()
 	}
-	snapshot := *op // the copier goes on changing op (its size)
-	go func() {
-		defer close(m.done)
-		if err := e.cfg.State.Save(context.Background(), &snapshot); err != nil {
-			m.err = fmt.Errorf("record write start: %w", err)
-		}
-	}()
-	return m
-}
-
-func (m *writeMark) wait() error {
-	<-m.done
-	return m.err
 }
 
 // replicaMeta is what the replica carries: the source's headers, user
@@ -242,9 +206,7 @@ func (e *Engine) copyInStore(ctx context.Context, rule *Rule, dest Destination, 
 	if err := e.readTags(ctx, op, head); err != nil {
 		return "", err
 	}
-	if err := e.startWrite(op); err != nil {
-		return "", err
-	}
+	e.markWrite(op)
 	v, err := cp.Copy(ctx, VersionRef{op.Bucket, op.Key, op.VersionID}, op.DestBucket, op.DestKey, replicaMeta(rule, op, head))
 	if err != nil {
 		return "", fmt.Errorf("copy %s inside the store to %s/%s: %w", op, op.DestBucket, op.DestKey, err)
@@ -313,9 +275,7 @@ func (e *Engine) copyMultipart(ctx context.Context, rule *Rule, dest Destination
 		}
 		return "", err
 	}
-	if err := e.startWrite(op); err != nil {
-		return "", err
-	}
+	e.markWrite(op)
 	parts := slices.Clone(up.Parts)
 	slices.SortFunc(parts, func(a, b Part) int { return int(a.Number - b.Number) })
 	var sum int64

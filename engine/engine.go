@@ -165,7 +165,11 @@ func (e *Engine) Ready() bool { return e.ready.Load() }
 // replicates until ctx ends.
 func (e *Engine) Run(ctx context.Context) error {
 	defer e.sched.Close()
-	if err := e.load(); err != nil {
+	crashed, err := e.cfg.State.BeginRun()
+	if err != nil {
+		return err
+	}
+	if err := e.load(crashed); err != nil {
 		return err
 	}
 	close(e.loaded)
@@ -200,23 +204,64 @@ func (e *Engine) Run(ctx context.Context) error {
 	} else {
 		e.ready.Store(true)
 	}
-	err := g.Wait()
+	err = g.Wait()
 	e.finishing.Wait()
+	if serr := e.stopCleanly(); serr != nil {
+		e.log.Error("cannot record a clean stop; the next start checks every unfinished copy on the destination", "err", serr)
+	}
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
 }
 
+// stopCleanly saves the write marks of the ops still held, then records
+// that this run stopped cleanly.
+func (e *Engine) stopCleanly() error {
+	var marked []*Op
+	for _, op := range e.sched.Held() {
+		if !op.WriteStarted.IsZero() {
+			marked = append(marked, op)
+		}
+	}
+	if len(marked) > 0 {
+		if err := e.cfg.State.SaveAll(context.Background(), marked); err != nil {
+			return err
+		}
+	}
+	return e.cfg.State.EndRun()
+}
+
 // load puts the unfinished ops of the state file back in the scheduler.
-func (e *Engine) load() error {
-	var ops []*Op
+// After a crash any of them may have been written without its write mark
+// being saved: all are marked, so that each looks for its replica first.
+func (e *Engine) load(crashed bool) error {
+	var ops, marked []*Op
 	err := e.cfg.State.Unfinished(func(op *Op) error {
 		ops = append(ops, op)
+		if crashed && op.WriteStarted.IsZero() {
+			// Nothing is written before an op is recorded.
+			op.WriteStarted = op.Recorded
+			if op.WriteStarted.IsZero() {
+				op.WriteStarted = time.Unix(0, 0)
+			}
+			marked = append(marked, op)
+		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("load backlog: %w", err)
+	}
+	if len(marked) > 0 {
+		// Saved now: should this run stop cleanly before reaching them,
+		// the next one must still look.
+		if err := e.cfg.State.SaveAll(context.Background(), marked); err != nil {
+			return fmt.Errorf("load backlog: %w", err)
+		}
+	}
+	if crashed && len(ops) > 0 {
+		e.log.Warn("the previous run did not stop cleanly; unfinished copies look for a replica on the destination before writing",
+			"operations", len(ops))
 	}
 	// Back in arrival order: the state file lists ops by ID, and ops
 	// without sequencers (backfill) run in the order they were recorded.
@@ -278,6 +323,9 @@ func (e *Engine) Retry(keys []string) (int, error) {
 	e.schedule(ops)
 	return len(ops), nil
 }
+
+// Running returns the IDs of the ops being copied now.
+func (e *Engine) Running() map[string]bool { return e.sched.Running() }
 
 // Backlog is the number of unfinished ops the engine holds.
 func (e *Engine) Backlog() int { return e.sched.Len() }

@@ -145,6 +145,20 @@ func (f *frozenState) Save(ctx context.Context, op *engine.Op) error {
 	return f.Store.Save(ctx, op)
 }
 
+func (f *frozenState) SaveAll(ctx context.Context, ops []*engine.Op) error {
+	if f.frozen.Load() {
+		return errFrozen
+	}
+	return f.Store.SaveAll(ctx, ops)
+}
+
+func (f *frozenState) EndRun() error {
+	if f.frozen.Load() {
+		return errFrozen
+	}
+	return f.Store.EndRun()
+}
+
 func runEngine(t *testing.T, st engine.StateStore, src, dst *memStore, ops []*engine.Op, until func() bool) {
 	t.Helper()
 	e, err := engine.New(engine.Config{
@@ -195,8 +209,8 @@ func TestCrashBetweenWriteAndCheckpoint(t *testing.T) {
 
 	runEngine(t, st, src, dst, []*engine.Op{op("k", v, "01")}, func() bool { return dst.puts.Load() == 1 })
 	saved, _ := store.Get(engine.OpID("r", "src", "k", v))
-	if saved.State != engine.InFlight || saved.WriteStarted.IsZero() {
-		t.Fatalf("after the crash the op is %s (write started %v), want in_flight with a write mark", saved.State, saved.WriteStarted)
+	if saved.State.Terminal() {
+		t.Fatalf("after the crash the op is %s in the state file, want it unfinished", saved.State)
 	}
 
 	st.frozen.Store(false)
@@ -445,5 +459,71 @@ func TestIntakeStopsWhenTheBacklogIsFull(t *testing.T) {
 	}
 	if n := dst.puts.Load(); n != total {
 		t.Fatalf("%d of %d objects copied", n, total)
+	}
+}
+
+// lostResponse writes, then loses the answer to the shutdown: the write
+// landed, the engine cannot know.
+type lostResponse struct {
+	*memStore
+	landed chan struct{}
+}
+
+func (l *lostResponse) Put(ctx context.Context, bucket, key string, meta engine.ObjectMeta, body engine.Payload) (string, error) {
+	if _, err := l.memStore.Put(ctx, bucket, key, meta, body); err != nil {
+		return "", err
+	}
+	close(l.landed)
+	<-ctx.Done()
+	return "", ctx.Err()
+}
+
+// A clean stop that interrupts a write saves the op's write mark: the next
+// run, which starts clean, finds the replica instead of writing another.
+func TestCleanStopKeepsTheWriteMarks(t *testing.T) {
+	store, err := checkpoint.Open(t.TempDir(), checkpoint.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	src, dst := newMem(), newMem()
+	v := src.add("src", "k", memVersion{body: []byte("hello")})
+	lost := &lostResponse{memStore: dst, landed: make(chan struct{})}
+	e, err := engine.New(engine.Config{
+		Rules:  []engine.Rule{{ID: "r", Enabled: true, SourceBucket: "src", Destination: "d", DestinationBucket: "dst"}},
+		Source: src, Destinations: map[string]engine.Destination{"d": lost}, State: store,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	if _, err := e.Submit(ctx, []*engine.Op{op("k", v, "01")}); err != nil {
+		t.Fatal(err)
+	}
+	<-lost.landed
+	cancel() // SIGTERM while the PUT's answer is on its way
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	saved, _ := store.Get(engine.OpID("r", "src", "k", v))
+	if saved.State.Terminal() || saved.WriteStarted.IsZero() {
+		t.Fatalf("after a clean stop the op is %s with write mark %v, want unfinished and marked", saved.State, saved.WriteStarted)
+	}
+	crashed, err := store.BeginRun()
+	if err != nil || crashed {
+		t.Fatalf("after a clean stop BeginRun says crashed=%v (%v)", crashed, err)
+	}
+	if err := store.EndRun(); err != nil {
+		t.Fatal(err)
+	}
+
+	runEngine(t, store, src, dst, nil, func() bool {
+		o, _ := store.Get(engine.OpID("r", "src", "k", v))
+		return o.State == engine.Completed
+	})
+	if n := dst.puts.Load(); n != 1 {
+		t.Fatalf("destination received %d writes, want exactly 1", n)
 	}
 }

@@ -117,6 +117,9 @@ func (s *scheduler) makeReadyLocked(kq *keyQueue) {
 // Next blocks until an op is ready or ctx ends.
 func (s *scheduler) Next(ctx context.Context) (*Op, error) {
 	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err // stopping: start nothing new
+		}
 		s.mu.Lock()
 		for class := range s.ready {
 			for len(s.ready[class]) > 0 {
@@ -201,6 +204,30 @@ func (s *scheduler) waitRoom(ctx context.Context, limit int) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// Running returns the IDs of the ops with a worker.
+func (s *scheduler) Running() map[string]bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := map[string]bool{}
+	for _, kq := range s.keys {
+		if kq.busy && len(kq.ops) > 0 {
+			ids[kq.ops[0].ID()] = true
+		}
+	}
+	return ids
+}
+
+// Held returns the ops held.
+func (s *scheduler) Held() []*Op {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ops []*Op
+	for _, kq := range s.keys {
+		ops = append(ops, kq.ops...)
+	}
+	return ops
 }
 
 // Len is the number of ops held.

@@ -78,9 +78,10 @@ type Op struct {
 	State       State     `json:"state"`
 	Attempts    int       `json:"attempts,omitempty"`
 	NextAttempt time.Time `json:"next_attempt,omitempty"`
-	// WriteStarted is set (and persisted) before the first write to the
-	// destination: an op that has it may already have a replica there, so
-	// the copier looks for one before writing again.
+	// WriteStarted is set before the first write to the destination: an op
+	// that has it may already have a replica there, so the copier looks for
+	// one before writing again. It is saved with the op's next state and at
+	// a clean stop; after a crash every unfinished op gets it.
 	WriteStarted time.Time `json:"write_started,omitempty"`
 	Reason       string    `json:"reason,omitempty"`
 	LastError    string    `json:"last_error,omitempty"`
@@ -137,6 +138,14 @@ type StateStore interface {
 	// Save durably writes an op's new state. When the op completed, the
 	// destination key's KeyState moves forward in the same transaction.
 	Save(ctx context.Context, op *Op) error
+	// SaveAll durably writes the state of many ops at once.
+	SaveAll(ctx context.Context, ops []*Op) error
+	// BeginRun durably marks the store as in use by a running engine and
+	// reports whether the previous run never called EndRun (a crash).
+	BeginRun() (crashed bool, err error)
+	// EndRun records a clean stop: every op that may have been written is
+	// saved with its WriteStarted.
+	EndRun() error
 	// LastWritten returns the KeyState of a destination key.
 	LastWritten(destKeyID string) (KeyState, bool, error)
 	// Unfinished calls fn for every op that is pending or in flight.

@@ -25,7 +25,7 @@ import (
 func adminHandler(r *replicator, bf *backfills) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /admin/status", func(w http.ResponseWriter, _ *http.Request) {
-		st, err := r.state.Status(time.Now())
+		st, err := r.state.StatusWith(time.Now(), r.engine.Running())
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
