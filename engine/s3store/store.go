@@ -656,10 +656,10 @@ func (s *Store) FindReplica(ctx context.Context, bucket, key string, a engine.Ac
 				return "", false, nil // newest first: nothing older can be ours
 			}
 			if a == engine.ActionDeleteMarker {
-				if v.DeleteMarker {
-					return v.VersionID, true, nil
-				}
-				continue
+				// Writes to a key are made one at a time, in order: a delete
+				// marker of ours would be its newest version. An older one
+				// is an earlier delete's.
+				return v.VersionID, v.DeleteMarker, nil
 			}
 			if v.DeleteMarker {
 				continue

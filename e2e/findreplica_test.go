@@ -1,0 +1,61 @@
+package e2e
+
+import (
+	"hash/crc32"
+	"testing"
+	"time"
+
+	"github.com/s3replicad/s3replicad/engine"
+	"github.com/s3replicad/s3replicad/engine/s3store"
+	"github.com/s3replicad/s3replicad/internal/testenv"
+)
+
+// After a crash every unfinished copy looks for its replica before
+// writing. Against the real store: a copy is known by its source version
+// and pass; a delete marker counts only while it is the key's newest
+// version, so an earlier delete's marker is not taken for a later one's.
+func TestFindReplicaOnARealStore(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{})
+	st, err := s3store.New(w.ctx, s3store.Config{Endpoint: env.Destination, PathStyle: true,
+		AccessKeyID: testenv.AccessKey, SecretAccessKey: testenv.SecretKey})
+	must(t, err)
+	since := time.Now()
+	find := func(a engine.Action, src, pass string) (string, bool) {
+		t.Helper()
+		v, ok, err := st.FindReplica(w.ctx, w.dstBucket, "k", a, src, pass, since)
+		must(t, err)
+		return v, ok
+	}
+	if _, ok := find(engine.ActionDeleteMarker, "dm1", ""); ok {
+		t.Fatal("found a delete marker on an empty key")
+	}
+	buf, mem := engine.NewBuffer(5)
+	copy(buf, "hello")
+	put := func(src string) string {
+		t.Helper()
+		meta := engine.ObjectMeta{Metadata: map[string]string{engine.MetaSourceVersion: src}}
+		v, err := st.Put(w.ctx, w.dstBucket, "k", meta, engine.Payload{Data: buf[:5], CRC32C: crc32.Checksum(buf[:5], crc32.MakeTable(crc32.Castagnoli)), Mem: mem})
+		must(t, err)
+		return v
+	}
+	put("s1")
+	dm1, err := st.PutDeleteMarker(w.ctx, w.dstBucket, "k")
+	must(t, err)
+	if v, ok := find(engine.ActionDeleteMarker, "dm1", ""); !ok || v != dm1 {
+		t.Fatalf("delete marker %s not found as the newest version (got %q, %v)", dm1, v, ok)
+	}
+	v2 := put("s2")
+	if v, ok := find(engine.ActionDeleteMarker, "dm2", ""); ok {
+		t.Fatalf("an earlier delete's marker %s was taken for a later delete's", v)
+	}
+	if v, ok := find(engine.ActionCopy, "s2", ""); !ok || v != v2 {
+		t.Fatalf("copy of s2 not found (got %q, %v; want %s)", v, ok, v2)
+	}
+	if _, ok := find(engine.ActionCopy, "s3", ""); ok {
+		t.Fatal("found a copy of a version never written")
+	}
+	if _, ok := find(engine.ActionCopy, "s2", "backfill-1"); ok {
+		t.Fatal("the first copy was taken for a later pass")
+	}
+}
