@@ -345,16 +345,25 @@ func TestRestoredOpsKeepArrivalOrder(t *testing.T) {
 	}
 }
 
-// emptyQueue answers every receive at once with nothing, as a short poll of
-// an idle queue does.
-type emptyQueue struct{ receives atomic.Int64 }
-
-func (q *emptyQueue) Receive(context.Context) ([]engine.Message, error) {
-	q.receives.Add(1)
-	return nil, nil
+// listQueue hands out its messages ten at a time, at once: a short poll.
+type listQueue struct {
+	mu       sync.Mutex
+	msgs     []engine.Message
+	receives atomic.Int64
 }
-func (q *emptyQueue) Delete(context.Context, []engine.Message) error { return nil }
-func (q *emptyQueue) ExtendVisibility(context.Context, []engine.Message, time.Duration) error {
+
+func (q *listQueue) Receive(context.Context) ([]engine.Message, error) {
+	q.receives.Add(1)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := min(10, len(q.msgs))
+	out := q.msgs[:n:n]
+	q.msgs = q.msgs[n:]
+	return out, nil
+}
+func (q *listQueue) left() int                                      { q.mu.Lock(); defer q.mu.Unlock(); return len(q.msgs) }
+func (q *listQueue) Delete(context.Context, []engine.Message) error { return nil }
+func (q *listQueue) ExtendVisibility(context.Context, []engine.Message, time.Duration) error {
 	return nil
 }
 
@@ -366,7 +375,7 @@ func TestIdleShortPollsPause(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	q := &emptyQueue{}
+	q := &listQueue{} // idle
 	e, err := engine.New(engine.Config{
 		Rules:  []engine.Rule{{ID: "r", Enabled: true, SourceBucket: "src", Destination: "d", DestinationBucket: "dst"}},
 		Source: newMem(), Destinations: map[string]engine.Destination{"d": newMem()},
@@ -387,26 +396,6 @@ func TestIdleShortPollsPause(t *testing.T) {
 	if !e.Ready() {
 		t.Fatal("an idle queue that answers is ready")
 	}
-}
-
-// listQueue hands out its messages ten at a time.
-type listQueue struct {
-	mu   sync.Mutex
-	msgs []engine.Message
-}
-
-func (q *listQueue) Receive(context.Context) ([]engine.Message, error) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	n := min(10, len(q.msgs))
-	out := q.msgs[:n:n]
-	q.msgs = q.msgs[n:]
-	return out, nil
-}
-func (q *listQueue) left() int                                      { q.mu.Lock(); defer q.mu.Unlock(); return len(q.msgs) }
-func (q *listQueue) Delete(context.Context, []engine.Message) error { return nil }
-func (q *listQueue) ExtendVisibility(context.Context, []engine.Message, time.Duration) error {
-	return nil
 }
 
 // With the destination stalled, intake stops once the backlog is full:
