@@ -188,6 +188,17 @@ func runEngine(t *testing.T, st engine.StateStore, src, dst *memStore, ops []*en
 	}
 }
 
+// openState opens a fresh state file, closed when the test ends.
+func openState(t *testing.T) *checkpoint.Store {
+	t.Helper()
+	store, err := checkpoint.Open(t.TempDir(), checkpoint.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return store
+}
+
 func op(key, version, seq string) *engine.Op {
 	return &engine.Op{Rule: "r", Bucket: "src", Key: key, VersionID: version, Sequencer: seq, Size: -1,
 		Action: engine.ActionCopy, Origin: engine.OriginEvent, Dest: "d", DestBucket: "dst", DestKey: key,
@@ -197,11 +208,7 @@ func op(key, version, seq string) *engine.Op {
 // The daemon dies after the replica is written but before the state file
 // records it: the restarted engine finds the replica and writes no second one.
 func TestCrashBetweenWriteAndCheckpoint(t *testing.T) {
-	store, err := checkpoint.Open(t.TempDir(), checkpoint.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openState(t)
 	st := &frozenState{Store: store}
 	src, dst := newMem(), newMem()
 	v := src.add("src", "k", memVersion{body: []byte("hello")})
@@ -231,11 +238,7 @@ func TestCrashBetweenWriteAndCheckpoint(t *testing.T) {
 // Ops of one key run in sequencer order whatever order they arrive in; an
 // older version arriving after a newer one was written is superseded.
 func TestSequencerOrderAndSuperseded(t *testing.T) {
-	store, err := checkpoint.Open(t.TempDir(), checkpoint.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openState(t)
 	src, dst := newMem(), newMem()
 	v1 := src.add("src", "k", memVersion{body: []byte("1")})
 	v2 := src.add("src", "k", memVersion{body: []byte("2")})
@@ -288,11 +291,7 @@ func TestPartSizeFor(t *testing.T) {
 // its write mark does not mistake the first copy for its own: it writes
 // once, and its replica carries the pass.
 func TestSecondPassIsNotTheFirstCopy(t *testing.T) {
-	store, err := checkpoint.Open(t.TempDir(), checkpoint.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openState(t)
 	src, dst := newMem(), newMem()
 	v := src.add("src", "k", memVersion{body: []byte("current")})
 	runEngine(t, store, src, dst, []*engine.Op{op("k", v, "01")}, func() bool { return dst.puts.Load() == 1 })
@@ -317,11 +316,7 @@ func TestSecondPassIsNotTheFirstCopy(t *testing.T) {
 // the order they were recorded, not in the state file's key order, or the
 // destination would end on an older version.
 func TestRestoredOpsKeepArrivalOrder(t *testing.T) {
-	store, err := checkpoint.Open(t.TempDir(), checkpoint.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openState(t)
 	src, dst := newMem(), newMem()
 	// Version ids that sort the other way round from their age.
 	src.versions["src/k"] = []memVersion{{id: "zz-older", body: []byte("old")}, {id: "aa-newer", body: []byte("new")}}
@@ -370,11 +365,7 @@ func (q *listQueue) ExtendVisibility(context.Context, []engine.Message, time.Dur
 // Idle pollers of a short-polled queue pause between receives instead of
 // spinning: 8 pollers over one second ask a few dozen times, not thousands.
 func TestIdleShortPollsPause(t *testing.T) {
-	store, err := checkpoint.Open(t.TempDir(), checkpoint.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openState(t)
 	q := &listQueue{} // idle
 	e, err := engine.New(engine.Config{
 		Rules:  []engine.Rule{{ID: "r", Enabled: true, SourceBucket: "src", Destination: "d", DestinationBucket: "dst"}},
@@ -402,11 +393,7 @@ func TestIdleShortPollsPause(t *testing.T) {
 // the rest of the messages wait in the queue, not in memory. When the
 // destination comes back, everything is copied.
 func TestIntakeStopsWhenTheBacklogIsFull(t *testing.T) {
-	store, err := checkpoint.Open(t.TempDir(), checkpoint.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openState(t)
 	src, dst := newMem(), newMem()
 	q := &listQueue{}
 	const total = 200
@@ -470,11 +457,7 @@ func (l *lostResponse) Put(ctx context.Context, bucket, key string, meta engine.
 // A clean stop that interrupts a write saves the op's write mark: the next
 // run, which starts clean, finds the replica instead of writing another.
 func TestCleanStopKeepsTheWriteMarks(t *testing.T) {
-	store, err := checkpoint.Open(t.TempDir(), checkpoint.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openState(t)
 	src, dst := newMem(), newMem()
 	v := src.add("src", "k", memVersion{body: []byte("hello")})
 	lost := &lostResponse{memStore: dst, landed: make(chan struct{})}
