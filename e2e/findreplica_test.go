@@ -23,19 +23,21 @@ func TestFindReplicaOnARealStore(t *testing.T) {
 	since := time.Now()
 	find := func(a engine.Action, src, pass string) (string, bool) {
 		t.Helper()
-		v, ok, err := st.FindReplica(w.ctx, w.dstBucket, "k", a, src, pass, since)
+		v, ok, err := st.FindReplica(w.ctx, w.dstBucket, "k", a, engine.ReplicaOf{Version: src, Pass: pass}, since)
 		must(t, err)
 		return v, ok
 	}
 	if _, ok := find(engine.ActionDeleteMarker, "dm1", ""); ok {
 		t.Fatal("found a delete marker on an empty key")
 	}
-	buf, mem := engine.NewBuffer(5)
-	copy(buf, "hello")
-	put := func(src string) string {
+	buf := []byte("hello")
+	put := func(src string, extra ...string) string {
 		t.Helper()
 		meta := engine.ObjectMeta{Metadata: map[string]string{engine.MetaSourceVersion: src}}
-		v, err := st.Put(w.ctx, w.dstBucket, "k", meta, engine.Payload{Data: buf[:5], CRC32C: crc32.Checksum(buf[:5], crc32.MakeTable(crc32.Castagnoli)), Mem: mem})
+		for i := 0; i+1 < len(extra); i += 2 {
+			meta.Metadata[extra[i]] = extra[i+1]
+		}
+		v, err := st.Put(w.ctx, w.dstBucket, "k", meta, engine.Payload{Data: buf, CRC32C: crc32.Checksum(buf, crc32.MakeTable(crc32.Castagnoli))})
 		must(t, err)
 		return v
 	}
@@ -57,5 +59,19 @@ func TestFindReplicaOnARealStore(t *testing.T) {
 	}
 	if _, ok := find(engine.ActionCopy, "s2", "backfill-1"); ok {
 		t.Fatal("the first copy was taken for a later pass")
+	}
+	// Writes of a null version are told apart by their sequencer.
+	n1 := put("null", engine.MetaSourceSequencer, "0A")
+	seq := func(s string) (string, bool) {
+		t.Helper()
+		v, ok, err := st.FindReplica(w.ctx, w.dstBucket, "k", engine.ActionCopy, engine.ReplicaOf{Sequencer: s}, since)
+		must(t, err)
+		return v, ok
+	}
+	if v, ok := seq("0A"); !ok || v != n1 {
+		t.Fatalf("null-version replica of sequencer 0A not found (got %q, %v; want %s)", v, ok, n1)
+	}
+	if v, ok := seq("0B"); ok {
+		t.Fatalf("the replica of an earlier null-version write (%s) was taken for a later one's", v)
 	}
 }

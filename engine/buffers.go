@@ -4,7 +4,6 @@ import (
 	"context"
 	"math/bits"
 	"sync"
-	"unsafe"
 
 	"golang.org/x/sync/semaphore"
 )
@@ -24,11 +23,10 @@ type bufferPool struct {
 	alloc   int64            // bytes held: handed out plus kept free
 	free    map[int][][]byte // kept for reuse, by class
 	dormant map[int][][]byte // memory released, mapping kept, by class
-	files   map[*byte]*MemFile
 }
 
 func newBufferPool(budget int64) *bufferPool {
-	return &bufferPool{budget: budget, inUse: semaphore.NewWeighted(budget), free: map[int][][]byte{}, dormant: map[int][][]byte{}, files: map[*byte]*MemFile{}}
+	return &bufferPool{budget: budget, inUse: semaphore.NewWeighted(budget), free: map[int][][]byte{}, dormant: map[int][][]byte{}}
 }
 
 // classOf returns the class index and capacity for n bytes.
@@ -69,7 +67,7 @@ func (b *bufferPool) get(ctx context.Context, n int64) ([]byte, error) {
 			l[len(l)-1] = nil
 			l = l[:len(l)-1]
 			b.alloc -= int64(cap(buf))
-			releaseBuffer(buf, b.files[bufKey(buf)])
+			releaseBuffer(buf)
 			b.dormant[c] = append(b.dormant[c], buf)
 		}
 		b.free[c] = l
@@ -78,25 +76,8 @@ func (b *bufferPool) get(ctx context.Context, n int64) ([]byte, error) {
 	if buf, ok := pop(b.dormant, class); ok {
 		return buf[:n], nil
 	}
-	buf, mem := allocBuffer(size)
-	if mem != nil {
-		b.files[bufKey(buf)] = mem
-	}
-	return buf[:n], nil
+	return allocBuffer(size)[:n], nil
 }
-
-// memOf returns the memory file behind a buffer from get, if it has one.
-func (b *bufferPool) memOf(buf []byte) *MemFile {
-	if cap(buf) == 0 {
-		return nil
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.files[bufKey(buf)]
-}
-
-// bufKey identifies a buffer by its first byte, whatever its length.
-func bufKey(buf []byte) *byte { return unsafe.SliceData(buf[:1]) }
 
 func pop(lists map[int][][]byte, class int) ([]byte, bool) {
 	l := lists[class]
@@ -125,7 +106,3 @@ func (b *bufferPool) put(buf []byte) {
 	}
 	b.free[class] = append(b.free[class], buf[:0])
 }
-
-// NewBuffer allocates a buffer as the copy path does, in a memory file
-// when the platform and size allow (adapters' tests use it).
-func NewBuffer(size int64) ([]byte, *MemFile) { return allocBuffer(size) }

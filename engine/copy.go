@@ -30,7 +30,7 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 	if !op.WriteStarted.IsZero() {
 		// A write may have landed before a crash or a lost response: look
 		// for it rather than writing a second replica.
-		v, found, err := dest.FindReplica(ctx, op.DestBucket, op.DestKey, op.Action, op.VersionID, op.Pass, op.WriteStarted)
+		v, found, err := dest.FindReplica(ctx, op.DestBucket, op.DestKey, op.Action, op.ReplicaOf(), op.WriteStarted)
 		if err != nil {
 			return "", fmt.Errorf("look for an earlier replica of %s: %w", op, err)
 		}
@@ -59,9 +59,13 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 	if op.Size > e.cfg.MultipartThreshold {
 		return e.copyMultipart(ctx, rule, dest, op, nil)
 	}
-	obj, err := e.cfg.Source.Get(ctx, op.Bucket, op.Key, op.VersionID, nil)
+	obj, err := e.cfg.Source.Get(ctx, op.source(""), nil)
 	if err != nil {
 		return "", fmt.Errorf("get %s: %w", op, err)
+	}
+	if err := checkNotOverwritten(op, obj); err != nil {
+		obj.Body.Close()
+		return "", err
 	}
 	if obj.Size > e.cfg.MultipartThreshold {
 		// The event did not tell the size; now we know it is large.
@@ -86,11 +90,35 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 		return "", err
 	}
 	e.markWrite(op)
-	v, err := dest.Put(ctx, op.DestBucket, op.DestKey, replicaMeta(rule, op, obj), Payload{Data: buf, CRC32C: crc, Mem: e.buffers.memOf(buf)})
+	v, err := dest.Put(ctx, op.DestBucket, op.DestKey, replicaMeta(rule, op, obj), Payload{Data: buf, CRC32C: crc})
 	if err != nil {
 		return "", fmt.Errorf("put %s/%s: %w", op.DestBucket, op.DestKey, err)
 	}
 	return v, nil
+}
+
+// errOverwritten means an op's null version was written over on the
+// source since its event: the later write's own event copies what the key
+// holds now, so this one is superseded rather than copied.
+var errOverwritten = errors.New("the key was written again since this event (the null version is replaced in place); the later write's event copies its content")
+
+// source is the source version op copies; pin, for a null version, is the
+// ETag its reads must still find.
+func (o *Op) source(pin string) VersionRef {
+	r := VersionRef{Bucket: o.Bucket, Key: o.Key, VersionID: o.VersionID}
+	if o.VersionID == "" {
+		r.IfMatch = pin
+	}
+	return r
+}
+
+// checkNotOverwritten compares a null version read from the source with
+// the write its event announced: a different ETag is a later write.
+func checkNotOverwritten(op *Op, obj *Object) error {
+	if op.VersionID == "" && op.ETag != "" && obj.ETag != "" && op.ETag != obj.ETag {
+		return errOverwritten
+	}
+	return nil
 }
 
 // learnSize records a size that the event did not carry, keeping the
@@ -152,6 +180,9 @@ func replicaMeta(rule *Rule, op *Op, obj *Object) ObjectMeta {
 	if op.Pass != "" {
 		m.Metadata[MetaPass] = op.Pass
 	}
+	if op.VersionID == "" && op.Sequencer != "" {
+		m.Metadata[MetaSourceSequencer] = op.Sequencer
+	}
 	m.StorageClass = rule.StorageClass
 	return m
 }
@@ -170,12 +201,15 @@ func PartSizeFor(size, configured int64) int64 {
 // stat reads a source version's headers, metadata and size with a
 // one-byte ranged GET, which unlike HEAD also tells the tag count.
 func (e *Engine) stat(ctx context.Context, op *Op) (*Object, error) {
-	head, err := e.cfg.Source.Get(ctx, op.Bucket, op.Key, op.VersionID, &ByteRange{0, 0})
+	head, err := e.cfg.Source.Get(ctx, op.source(""), &ByteRange{0, 0})
 	if err != nil {
 		return nil, fmt.Errorf("get %s: %w", op, err)
 	}
 	_, _ = io.Copy(io.Discard, head.Body)
 	head.Body.Close()
+	if err := checkNotOverwritten(op, head); err != nil {
+		return nil, err
+	}
 	e.learnSize(op, head.Size)
 	return head, nil
 }
@@ -207,7 +241,7 @@ func (e *Engine) copyInStore(ctx context.Context, rule *Rule, dest Destination, 
 		return "", err
 	}
 	e.markWrite(op)
-	v, err := cp.Copy(ctx, VersionRef{op.Bucket, op.Key, op.VersionID}, op.DestBucket, op.DestKey, replicaMeta(rule, op, head))
+	v, err := cp.Copy(ctx, op.source(head.ETag), op.DestBucket, op.DestKey, replicaMeta(rule, op, head))
 	if err != nil {
 		return "", fmt.Errorf("copy %s inside the store to %s/%s: %w", op, op.DestBucket, op.DestKey, err)
 	}
@@ -269,6 +303,10 @@ func (e *Engine) copyMultipart(ctx context.Context, rule *Rule, dest Destination
 		}
 	}
 	if err := e.uploadParts(ctx, dest, cp, op, up); err != nil {
+		if errors.Is(err, ErrChanged) && op.VersionID == "" {
+			e.abandon(ctx, dest, op, up)
+			return "", errOverwritten
+		}
 		if c, _ := Classify(err); c != Transient && ctx.Err() == nil {
 			// It will not be resumed: do not leave the parts behind.
 			e.abandon(ctx, dest, op, up)
@@ -382,7 +420,7 @@ func (e *Engine) uploadParts(ctx context.Context, dest Destination, cp ServerSid
 			first := int64(n-1) * up.PartSize
 			last := min(first+up.PartSize, up.Size) - 1
 			size := last - first + 1
-			part, err := e.sendPart(gctx, dest, cp, op, up, n, ByteRange{first, last})
+			part, err := e.sendPartRetrying(gctx, dest, cp, op, up, n, ByteRange{first, last})
 			if err != nil {
 				return err
 			}
@@ -410,11 +448,32 @@ func (e *Engine) uploadParts(ctx context.Context, dest Destination, cp ServerSid
 	return nil
 }
 
+// partAttempts is how many times a part is sent before its object's copy
+// is given up for this round: a part sent twice is the same part, so a
+// dropped connection costs one part, not every part in flight.
+const partAttempts = 3
+
+func (e *Engine) sendPartRetrying(ctx context.Context, dest Destination, cp ServerSideCopier, op *Op, up *Upload, n int32, r ByteRange) (Part, error) {
+	for attempt := 1; ; attempt++ {
+		part, err := e.sendPart(ctx, dest, cp, op, up, n, r)
+		if err == nil || attempt == partAttempts || ctx.Err() != nil || errors.Is(err, ErrChanged) {
+			return part, err
+		}
+		if c, _ := Classify(err); c != Transient {
+			return part, err
+		}
+		e.log.Debug("part failed, sending it again", "key", op.Key, "part", n, "attempt", attempt, "err", err)
+		if !sleep(ctx, backoff(attempt, 200*time.Millisecond, 2*time.Second)) {
+			return part, err
+		}
+	}
+}
+
 // sendPart writes part n, bytes r of the source version, and returns it.
 func (e *Engine) sendPart(ctx context.Context, dest Destination, cp ServerSideCopier, op *Op, up *Upload, n int32, r ByteRange) (Part, error) {
 	size := r.Last - r.First + 1
 	if cp != nil && size > 0 {
-		etag, err := cp.CopyPart(ctx, VersionRef{op.Bucket, op.Key, op.VersionID}, r, op.DestBucket, op.DestKey, up.UploadID, n)
+		etag, err := cp.CopyPart(ctx, op.source(up.ETag), r, op.DestBucket, op.DestKey, up.UploadID, n)
 		if err != nil {
 			return Part{}, fmt.Errorf("copy part %d of %s inside the store: %w", n, op, err)
 		}
@@ -428,7 +487,7 @@ func (e *Engine) sendPart(ctx context.Context, dest Destination, cp ServerSideCo
 	defer e.buffers.put(buf)
 	var crc uint32
 	if size > 0 {
-		obj, err := e.cfg.Source.Get(ctx, op.Bucket, op.Key, op.VersionID, &r)
+		obj, err := e.cfg.Source.Get(ctx, op.source(up.ETag), &r)
 		if err != nil {
 			return Part{}, fmt.Errorf("get part %d of %s: %w", n, op, err)
 		}
@@ -440,7 +499,7 @@ func (e *Engine) sendPart(ctx context.Context, dest Destination, cp ServerSideCo
 			return Part{}, fmt.Errorf("read part %d of %s: got %d of %d bytes: %w", n, op, got, size, err)
 		}
 	}
-	etag, err := dest.UploadPart(ctx, op.DestBucket, op.DestKey, up.UploadID, n, Payload{Data: buf, CRC32C: crc, Mem: e.buffers.memOf(buf)})
+	etag, err := dest.UploadPart(ctx, op.DestBucket, op.DestKey, up.UploadID, n, Payload{Data: buf, CRC32C: crc})
 	if err != nil {
 		return Part{}, fmt.Errorf("upload part %d of %s/%s: %w", n, op.DestBucket, op.DestKey, err)
 	}

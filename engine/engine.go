@@ -383,10 +383,20 @@ func (e *Engine) poll(ctx, workCtx context.Context, acks chan<- []Message) error
 // deleteAcked deletes the batches whose operations are recorded.
 func (e *Engine) deleteAcked(ctx context.Context, acks <-chan []Message) {
 	for ack := range acks {
-		if err := e.cfg.Queue.Delete(ctx, ack); err != nil {
-			// Harmless: the ops are recorded, a redelivery is a duplicate.
+		for attempt := 1; ; attempt++ {
+			err := e.cfg.Queue.Delete(ctx, ack)
+			if err == nil {
+				break
+			}
 			e.m.queueErrors.Inc()
-			e.log.Warn("delete messages failed; they will come again as duplicates", "err", err)
+			if attempt == 3 || ctx.Err() != nil {
+				// Harmless: the ops are recorded, a redelivery is a duplicate.
+				e.log.Warn("delete messages failed; they will come again as duplicates", "err", err)
+				break
+			}
+			if !sleep(ctx, backoff(attempt, 200*time.Millisecond, 2*time.Second)) {
+				break
+			}
 		}
 	}
 }
@@ -562,6 +572,10 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 		}
 	}
 	replica, err := e.replicate(ctx, rule, dest, op)
+	if errors.Is(err, errOverwritten) {
+		e.finish(ctx, op, Superseded, err.Error())
+		return
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			// Shutting down: the op stays in flight in the state file and

@@ -63,8 +63,9 @@ func (m *memStore) find(bucket, key, id string) (memVersion, bool) {
 	return memVersion{}, false
 }
 
-func (m *memStore) Get(_ context.Context, bucket, key, id string, r *engine.ByteRange) (*engine.Object, error) {
-	v, ok := m.find(bucket, key, id)
+func (m *memStore) Get(_ context.Context, ref engine.VersionRef, r *engine.ByteRange) (*engine.Object, error) {
+	id := ref.VersionID
+	v, ok := m.find(ref.Bucket, ref.Key, id)
 	if !ok || v.marker {
 		return nil, &engine.Error{Class: engine.Gone, Reason: engine.ReasonSourceMissing, Err: errors.New("NoSuchVersion")}
 	}
@@ -117,13 +118,12 @@ func (m *memStore) Head(_ context.Context, bucket, key, id string) (int64, strin
 	return int64(len(v.body)), "", v.meta.Metadata, nil
 }
 
-func (m *memStore) FindReplica(_ context.Context, bucket, key string, a engine.Action, src, pass string, since time.Time) (string, bool, error) {
+func (m *memStore) FindReplica(_ context.Context, bucket, key string, a engine.Action, of engine.ReplicaOf, since time.Time) (string, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	vs := m.versions[bucket+"/"+key]
 	for i := len(vs) - 1; i >= 0; i-- {
-		md := vs[i].meta.Metadata
-		if (a == engine.ActionDeleteMarker && vs[i].marker) || md[engine.MetaSourceVersion] == src && md[engine.MetaPass] == pass {
+		if (a == engine.ActionDeleteMarker && vs[i].marker) || !vs[i].marker && of.Matches(vs[i].meta.Metadata) {
 			return vs[i].id, true, nil
 		}
 	}

@@ -89,9 +89,13 @@ type Op struct {
 	Finished     time.Time `json:"finished,omitempty"`
 }
 
-// ID identifies an op: one per rule and source version.
+// ID identifies an op: one per rule and source version. Every write of
+// an unversioned key has the null version; its sequencer tells them apart.
 func (o *Op) ID() string {
 	id := OpID(o.Rule, o.Bucket, o.Key, o.VersionID)
+	if o.VersionID == "" && o.Sequencer != "" {
+		id += "\x00@" + o.Sequencer
+	}
 	if o.Pass != "" {
 		id += "\x00" + o.Pass
 	}
@@ -248,21 +252,12 @@ type VersionPage struct {
 type Payload struct {
 	Data   []byte
 	CRC32C uint32
-	// Mem, when set, is the memory file that holds Data from offset 0:
-	// a plain-HTTP transport can hand it to sendfile(2) rather than copy
-	// Data through a user-space buffer on its way to the socket.
-	Mem *MemFile
 }
-
-// MemFile is an in-memory file (Linux memfd) backing a copy buffer.
-type MemFile struct{ fd int }
-
-// FD is the file's descriptor; it stays open for the process's life.
-func (m *MemFile) FD() int { return m.fd }
 
 // Source is the store replicated from.
 type Source interface {
-	Get(ctx context.Context, bucket, key, versionID string, r *ByteRange) (*Object, error)
+	// Get reads a version, or the bytes r of it.
+	Get(ctx context.Context, v VersionRef, r *ByteRange) (*Object, error)
 	Tags(ctx context.Context, bucket, key, versionID string) (map[string]string, error)
 	ListVersions(ctx context.Context, bucket, prefix, keyMarker, versionMarker string) (VersionPage, error)
 }
@@ -282,17 +277,52 @@ type Destination interface {
 	// Head returns a version's size, ETag and user metadata.
 	Head(ctx context.Context, bucket, key, versionID string) (int64, string, map[string]string, error)
 	// FindReplica looks for a version of key written at or after since that
-	// replicates sourceVersion in the given pass (or, for a delete marker, a
-	// delete marker).
-	FindReplica(ctx context.Context, bucket, key string, a Action, sourceVersion, pass string, since time.Time) (string, bool, error)
+	// is the replica described by of (or, for a delete marker, a delete
+	// marker).
+	FindReplica(ctx context.Context, bucket, key string, a Action, of ReplicaOf, since time.Time) (string, bool, error)
+}
+
+// ReplicaOf is what a replica's metadata says it copies.
+type ReplicaOf struct {
+	Version string // source version id; "" is the null version
+	Pass    string
+	// Sequencer tells one write of a null version from the next; set for
+	// null versions only.
+	Sequencer string
+}
+
+// Matches reports whether a version's user metadata marks it as this
+// replica.
+func (r ReplicaOf) Matches(meta map[string]string) bool {
+	v := r.Version
+	if v == "" {
+		v = "null"
+	}
+	return meta[MetaSourceVersion] == v && meta[MetaPass] == r.Pass &&
+		(r.Sequencer == "" || meta[MetaSourceSequencer] == r.Sequencer)
+}
+
+// ReplicaOf describes the replica op writes.
+func (o *Op) ReplicaOf() ReplicaOf {
+	r := ReplicaOf{Version: o.VersionID, Pass: o.Pass}
+	if o.VersionID == "" {
+		r.Sequencer = o.Sequencer
+	}
+	return r
 }
 
 // ErrCopyUnsupported is wrapped by a ServerSideCopier whose store cannot
 // copy at all (501 NotImplemented): the engine then stops trying.
 var ErrCopyUnsupported = errors.New("the store does not implement server-side copy")
 
-// VersionRef names one source version.
-type VersionRef struct{ Bucket, Key, VersionID string }
+// VersionRef names one source version. For the null version, which a
+// later write replaces in place, IfMatch pins the content being copied:
+// a read or copy of anything else fails with ErrChanged.
+type VersionRef struct{ Bucket, Key, VersionID, IfMatch string }
+
+// ErrChanged is wrapped by a read or copy whose VersionRef.IfMatch no
+// longer matches the source: a null version was written over meanwhile.
+var ErrChanged = errors.New("the source object changed while it was being copied")
 
 // ServerSideCopier is a Destination that can copy a source version inside
 // the store (S3's CopyObject and UploadPartCopy), so that no object bytes
@@ -317,6 +347,10 @@ const (
 	// MetaPass marks a deliberate second copy (Op.Pass), so that after a
 	// crash the copy is not mistaken for the first one.
 	MetaPass = "s3replicad-pass"
+	// MetaSourceSequencer is the event's sequencer, on replicas of null
+	// versions: every write of an unversioned key has the version id
+	// "null", and only the sequencer tells them apart.
+	MetaSourceSequencer = "s3replicad-source-sequencer"
 )
 
 // Class says how an error from a store should be handled.

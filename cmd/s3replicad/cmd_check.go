@@ -53,7 +53,7 @@ func cmdCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer
 
 	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	q, err := sqsqueue.New(cctx, cfg.Queue.queueConfig())
+	q, err := sqsqueue.New(cctx, cfg.Queue.queueConfig(cfg.Transfer.StallTimeout.D()))
 	if err != nil {
 		report("queue: %v", err)
 	} else if _, err := q.Attributes(cctx); err != nil {

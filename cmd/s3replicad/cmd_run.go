@@ -40,7 +40,7 @@ func warnLogger(w io.Writer) *slog.Logger {
 // stores builds the source and destination adapters.
 func stores(ctx context.Context, cfg *Config, log *slog.Logger) (*s3store.Store, map[string]*s3store.Store, error) {
 	conns := cfg.Transfer.Workers*cfg.Transfer.PartConcurrency + 16
-	sc := cfg.Source.storeConfig(conns)
+	sc := cfg.Source.storeConfig(conns, cfg.Transfer.StallTimeout.D())
 	sc.Logger = log.With("component", "source")
 	src, err := s3store.New(ctx, sc)
 	if err != nil {
@@ -48,7 +48,7 @@ func stores(ctx context.Context, cfg *Config, log *slog.Logger) (*s3store.Store,
 	}
 	dests := map[string]*s3store.Store{}
 	for _, d := range cfg.Destinations {
-		dc := d.storeConfig(conns)
+		dc := d.storeConfig(conns, cfg.Transfer.StallTimeout.D())
 		dc.Logger = log.With("component", "destination", "destination", d.Name)
 		st, err := s3store.New(ctx, dc)
 		if err != nil {
@@ -96,7 +96,7 @@ func newReplicator(ctx context.Context, cfg *Config, log *slog.Logger, rules []e
 		ec.BandwidthLimit[name] = int64(cfg.Destination(name).BandwidthLimit)
 	}
 	if withQueue {
-		q, err := sqsqueue.New(ctx, cfg.Queue.queueConfig())
+		q, err := sqsqueue.New(ctx, cfg.Queue.queueConfig(cfg.Transfer.StallTimeout.D()))
 		if err != nil {
 			st.Close()
 			return nil, fmt.Errorf("queue: %w", err)

@@ -111,6 +111,9 @@ type TransferConfig struct {
 	MultipartThreshold Size `yaml:"multipart_threshold"`
 	// BufferMemory bounds the memory held by copy buffers.
 	BufferMemory Size `yaml:"buffer_memory"`
+	// StallTimeout abandons (and retries) a request that has sent and
+	// received nothing for this long.
+	StallTimeout Duration `yaml:"stall_timeout"`
 }
 
 // RetentionConfig bounds how long finished operations stay in the state file.
@@ -463,6 +466,9 @@ func (c *Config) applyDefaults() {
 	if !c.given("transfer.multipart_threshold") {
 		c.Transfer.MultipartThreshold = 32 << 20
 	}
+	if c.Transfer.StallTimeout == 0 {
+		c.Transfer.StallTimeout = Duration(s3store.DefaultStallTimeout)
+	}
 	if c.Transfer.BufferMemory == 0 {
 		c.Transfer.BufferMemory = Size(c.Transfer.PartConcurrency) * c.Transfer.PartSize
 	}
@@ -642,6 +648,9 @@ func (c *Config) validate() []string {
 	} else if t.BufferMemory > 64<<30 {
 		add("transfer.buffer_memory", "must be at most 64GiB")
 	}
+	if st := t.StallTimeout.D(); st < time.Second || st > time.Hour {
+		add("transfer.stall_timeout", "must be between 1s and 1h")
+	}
 	if c.Retention.Finished < Duration(time.Hour) {
 		add("retention.finished", "must be at least 1h")
 	}
@@ -696,25 +705,25 @@ func (c *Config) ServerSideCopy() map[string]bool {
 	return out
 }
 
-func (d DestConfig) storeConfig(maxConns int) s3store.Config {
-	c := d.EndpointConfig.storeConfig(maxConns)
+func (d DestConfig) storeConfig(maxConns int, stall time.Duration) s3store.Config {
+	c := d.EndpointConfig.storeConfig(maxConns, stall)
 	c.Integrity = d.Integrity
 	return c
 }
 
-func (e EndpointConfig) storeConfig(maxConns int) s3store.Config {
+func (e EndpointConfig) storeConfig(maxConns int, stall time.Duration) s3store.Config {
 	return s3store.Config{
 		Endpoint: e.Endpoint, Region: e.Region, PathStyle: e.PathStyle,
 		AccessKeyID: e.AccessKeyID, SecretAccessKey: e.SecretAccessKey.Reveal(), SessionToken: e.SessionToken.Reveal(),
-		CAFile: e.CAFile, Checksums: e.Checksums, MaxConns: maxConns,
+		CAFile: e.CAFile, Checksums: e.Checksums, MaxConns: maxConns, StallTimeout: stall,
 		UserAgent: "s3replicad/" + version,
 	}
 }
 
-func (q QueueConfig) queueConfig() sqsqueue.Config {
+func (q QueueConfig) queueConfig(callTimeout time.Duration) sqsqueue.Config {
 	return sqsqueue.Config{
 		URL: q.URL, Region: q.Region, Endpoint: q.Endpoint, AccessKeyID: q.AccessKeyID,
 		SecretAccessKey: q.SecretAccessKey.Reveal(), WaitTime: q.WaitTime.D(),
-		VisibilityTimeout: q.VisibilityTimeout.D(), CAFile: q.CAFile,
+		VisibilityTimeout: q.VisibilityTimeout.D(), CAFile: q.CAFile, CallTimeout: callTimeout,
 	}
 }

@@ -7,16 +7,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/md5"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -25,12 +21,10 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
-	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
-	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/logging"
 	"github.com/aws/smithy-go/middleware"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
@@ -68,28 +62,30 @@ type Config struct {
 	Integrity       string // IntegrityCRC32C (default) or IntegrityMD5
 	// MaxConns bounds idle connections kept per host.
 	MaxConns int
+	// StallTimeout abandons a request with no byte sent or received for
+	// this long (0: DefaultStallTimeout).
+	StallTimeout time.Duration
 	// UserAgent, when set, is sent instead of the SDK's, which is rebuilt
 	// for every request at a cost noticeable on small objects.
 	UserAgent string
-	// SDKDataPath sends GetObject, PutObject and UploadPart through the
-	// SDK's full middleware stack instead of signing them directly.
-	SDKDataPath bool
 	// Logger receives the SDK's warnings; its debug lines (one per GET of
 	// an object without a checksum, on AWS) are dropped.
 	Logger *slog.Logger
-	// HTTPClient replaces the pooled client built from CAFile and MaxConns.
+	// HTTPClient replaces the client built from CAFile, MaxConns and
+	// StallTimeout (tests use it).
 	HTTPClient interface {
 		Do(*http.Request) (*http.Response, error)
 	}
 }
 
-// Store is one S3 endpoint.
+// Store is one S3 endpoint. Every request goes through the SDK's client;
+// none is retried there: the engine retries, once, in one place, and looks
+// for the replica of a write that may have landed before writing again.
 type Store struct {
 	client    *s3.Client
 	endpoint  string
 	region    string
 	integrity string
-	direct    *direct // nil: every request through the SDK
 	log       *slog.Logger
 	// noPartChecksums is set once the store has refused a multipart
 	// upload with a checksum algorithm.
@@ -100,36 +96,6 @@ var (
 	_ engine.ObjectStore      = (*Store)(nil)
 	_ engine.ServerSideCopier = (*Store)(nil)
 )
-
-// HTTPClient builds the HTTP client for an endpoint: pooled connections
-// sized for many parallel copies, and the private CA when one is given.
-func HTTPClient(caFile string, maxConns int) (*awshttp.BuildableClient, error) {
-	var pool *x509.CertPool
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("read ca_file: %w", err)
-		}
-		pool = x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ca_file %s holds no PEM certificate", caFile)
-		}
-	}
-	if maxConns <= 0 {
-		maxConns = 256
-	}
-	return awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
-		tr.MaxIdleConns = maxConns
-		tr.MaxIdleConnsPerHost = maxConns
-		tr.IdleConnTimeout = 90 * time.Second
-		if pool != nil {
-			if tr.TLSClientConfig == nil {
-				tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-			}
-			tr.TLSClientConfig.RootCAs = pool
-		}
-	}), nil
-}
 
 // AWSConfig loads the SDK configuration for region and optional static
 // credentials (the default chain otherwise).
@@ -154,9 +120,13 @@ func New(ctx context.Context, c Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	hc, err := HTTPClient(c.CAFile, c.MaxConns)
-	if err != nil {
-		return nil, err
+	var hc interface {
+		Do(*http.Request) (*http.Response, error)
+	} = c.HTTPClient
+	if hc == nil {
+		if hc, err = NewHTTPClient(TransportConfig{CAFile: c.CAFile, MaxConns: c.MaxConns, StallTimeout: c.StallTimeout}); err != nil {
+			return nil, err
+		}
 	}
 	mode := c.Checksums
 	if mode == ChecksumAuto && c.Endpoint != "" {
@@ -166,9 +136,6 @@ func New(ctx context.Context, c Config) (*Store, error) {
 		// Set here, not through config.WithHTTPClient, so that an
 		// AWS_CA_BUNDLE in the environment does not break loading.
 		o.HTTPClient = hc
-		if c.HTTPClient != nil {
-			o.HTTPClient = c.HTTPClient
-		}
 		o.Logger = sdkLogger(c.Logger)
 		o.UsePathStyle = c.PathStyle
 		if c.Endpoint != "" {
@@ -178,7 +145,10 @@ func New(ctx context.Context, c Config) (*Store, error) {
 			o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
 			o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
 		}
-		o.RetryMaxAttempts = 3
+		// One retry layer, the engine's: a write retried down here could
+		// land twice, and throttling retried here would hide from the
+		// adaptive concurrency that backs off from it.
+		o.Retryer = aws.NopRetryer{}
 		// No "Expect: 100-continue" before large bodies: it costs a round
 		// trip per part, and the daemon's requests are signed and sized, so
 		// a refusal is rare and cheap to resend from the part buffer.
@@ -194,11 +164,7 @@ func New(ctx context.Context, c Config) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	st := &Store{client: client, endpoint: c.Endpoint, region: c.Region, integrity: c.Integrity, log: log}
-	if !c.SDKDataPath {
-		st.direct = newDirect(client, c.UserAgent)
-	}
-	return st, nil
+	return &Store{client: client, endpoint: c.Endpoint, region: c.Region, integrity: c.Integrity, log: log}, nil
 }
 
 // sdkLogger forwards the SDK's warnings to log and drops the rest.
@@ -231,45 +197,20 @@ func staticUserAgent(ua string) func(*middleware.Stack) error {
 func (s *Store) Client() *s3.Client { return s.client }
 
 // Get implements engine.Source.
-func (s *Store) Get(ctx context.Context, bucket, key, versionID string, r *engine.ByteRange) (*engine.Object, error) {
-	obj, contentRange, err := s.get(ctx, bucket, key, versionID, r)
-	if err != nil && r != nil && r.First == 0 && isCode(err, "InvalidRange") {
-		// An empty object has no byte 0: read all of it.
-		return s.Get(ctx, bucket, key, versionID, nil)
-	}
-	if err != nil {
-		return nil, classify(err, true)
-	}
-	if r != nil {
-		total, ok := totalFromContentRange(contentRange)
-		if !ok {
-			obj.Body.Close()
-			return nil, &engine.Error{Class: engine.Transient, Reason: engine.ReasonInvalid,
-				Err: fmt.Errorf("ranged GET answered without a usable Content-Range (%q)", contentRange)}
-		}
-		obj.Size = total
-	}
-	return obj, nil
-}
-
-// get sends the GetObject, directly when it can.
-func (s *Store) get(ctx context.Context, bucket, key, versionID string, r *engine.ByteRange) (*engine.Object, string, error) {
-	if b := s.directFor(ctx, bucket); b != nil && s.direct.gets {
-		resp, err := s.direct.get(ctx, b, bucket, key, versionID, r)
-		if err != nil {
-			return nil, "", err
-		}
-		return objectFrom(resp), resp.Header.Get("Content-Range"), nil
-	}
-	in := &s3.GetObjectInput{Bucket: &bucket, Key: &key, VersionId: optional(versionID)}
+func (s *Store) Get(ctx context.Context, v engine.VersionRef, r *engine.ByteRange) (*engine.Object, error) {
+	in := &s3.GetObjectInput{Bucket: &v.Bucket, Key: &v.Key, VersionId: optional(v.VersionID), IfMatch: optional(quoteETag(v.IfMatch))}
 	if r != nil {
 		in.Range = aws.String(fmt.Sprintf("bytes=%d-%d", r.First, r.Last))
 	}
 	out, err := s.client.GetObject(ctx, in)
-	if err != nil {
-		return nil, "", err
+	if err != nil && r != nil && r.First == 0 && isCode(err, "InvalidRange") {
+		// An empty object has no byte 0: read all of it.
+		return s.Get(ctx, v, nil)
 	}
-	return &engine.Object{
+	if err != nil {
+		return nil, classifyRead(err)
+	}
+	obj := &engine.Object{
 		ObjectMeta: engine.ObjectMeta{
 			ContentType:        aws.ToString(out.ContentType),
 			ContentEncoding:    aws.ToString(out.ContentEncoding),
@@ -284,7 +225,17 @@ func (s *Store) get(ctx context.Context, bucket, key, versionID string, r *engin
 		TagCount:  int(aws.ToInt32(out.TagCount)),
 		VersionID: aws.ToString(out.VersionId),
 		Body:      out.Body,
-	}, aws.ToString(out.ContentRange), nil
+	}
+	if r != nil {
+		total, ok := totalFromContentRange(aws.ToString(out.ContentRange))
+		if !ok {
+			obj.Body.Close()
+			return nil, &engine.Error{Class: engine.Transient, Reason: engine.ReasonInvalid,
+				Err: fmt.Errorf("ranged GET of %s answered without a usable Content-Range (%q)", v.Key, aws.ToString(out.ContentRange))}
+		}
+		obj.Size = total
+	}
+	return obj, nil
 }
 
 func totalFromContentRange(cr string) (int64, bool) {
@@ -296,11 +247,32 @@ func totalFromContentRange(cr string) (int64, bool) {
 	return n, err == nil
 }
 
+// classifyRead classifies a GetObject error; a failed If-Match is the
+// source's null version written over.
+func classifyRead(err error) error {
+	if changed(err) {
+		return &engine.Error{Class: engine.Transient, Reason: engine.ReasonOther, Err: fmt.Errorf("%w: %w", engine.ErrChanged, err)}
+	}
+	return classify(err, onSource)
+}
+
+func changed(err error) bool {
+	return isCode(err, "PreconditionFailed") || statusOf(err) == http.StatusPreconditionFailed
+}
+
+// quoteETag renders an ETag for If-Match headers.
+func quoteETag(etag string) string {
+	if etag == "" || strings.HasPrefix(etag, `"`) {
+		return etag
+	}
+	return `"` + etag + `"`
+}
+
 // Tags implements engine.Source.
 func (s *Store) Tags(ctx context.Context, bucket, key, versionID string) (map[string]string, error) {
 	out, err := s.client.GetObjectTagging(ctx, &s3.GetObjectTaggingInput{Bucket: &bucket, Key: &key, VersionId: optional(versionID)})
 	if err != nil {
-		return nil, classify(err, true)
+		return nil, classify(err, onSource)
 	}
 	tags := make(map[string]string, len(out.TagSet))
 	for _, t := range out.TagSet {
@@ -317,7 +289,7 @@ func (s *Store) ListVersions(ctx context.Context, bucket, prefix, keyMarker, ver
 		MaxKeys: aws.Int32(1000),
 	})
 	if err != nil {
-		return engine.VersionPage{}, classify(err, false)
+		return engine.VersionPage{}, classify(err, onDestination)
 	}
 	page := engine.VersionPage{
 		NextKeyMarker:       aws.ToString(out.NextKeyMarker),
@@ -375,24 +347,16 @@ func (s *Store) integrityOf(body engine.Payload) (contentMD5, crc32c *string) {
 
 // Put implements engine.Destination.
 func (s *Store) Put(ctx context.Context, bucket, key string, meta engine.ObjectMeta, body engine.Payload) (string, error) {
-	contentMD5, crc := s.integrityOf(body)
-	if b := s.directFor(ctx, bucket); b != nil {
-		h, err := s.direct.put(ctx, b, "PutObject", key, nil, putHeaders(meta, contentMD5, crc), body)
-		if err != nil {
-			return "", classify(err, false)
-		}
-		return h.Get("X-Amz-Version-Id"), nil
-	}
 	in := &s3.PutObjectInput{
 		Bucket: &bucket, Key: &key,
 		Body:          bytes.NewReader(body.Data),
 		ContentLength: aws.Int64(int64(len(body.Data))),
 	}
-	in.ContentMD5, in.ChecksumCRC32C = contentMD5, crc
+	in.ContentMD5, in.ChecksumCRC32C = s.integrityOf(body)
 	applyPut(in, meta)
 	out, err := s.client.PutObject(ctx, in, unsignedPayload)
 	if err != nil {
-		return "", classify(err, false)
+		return "", classify(err, onDestination)
 	}
 	return aws.ToString(out.VersionId), nil
 }
@@ -461,14 +425,16 @@ func copySource(src engine.VersionRef) *string {
 // classifyCopy classifies a server-side copy error: the source's absence
 // means it is gone, and a store that cannot copy says so for good.
 func classifyCopy(err error) error {
-	var re *awshttp.ResponseError
-	if isCode(err, "NotImplemented") || errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotImplemented {
+	if changed(err) {
+		return &engine.Error{Class: engine.Transient, Reason: engine.ReasonOther, Err: fmt.Errorf("%w: %w", engine.ErrChanged, err)}
+	}
+	if isCode(err, "NotImplemented") || statusOf(err) == http.StatusNotImplemented {
 		return &engine.Error{Class: engine.Permanent, Reason: engine.ReasonInvalid, Err: fmt.Errorf("%w: %w", engine.ErrCopyUnsupported, err)}
 	}
 	if isCode(err, "NoSuchBucket") {
-		return classify(err, false)
+		return classify(err, onDestination)
 	}
-	return classify(err, true)
+	return classify(err, onSource)
 }
 
 // Copy implements engine.ServerSideCopier: CopyObject with the replica's
@@ -477,7 +443,7 @@ func (s *Store) Copy(ctx context.Context, src engine.VersionRef, bucket, key str
 	var p s3.PutObjectInput
 	applyPut(&p, meta)
 	in := &s3.CopyObjectInput{
-		Bucket: &bucket, Key: &key, CopySource: copySource(src),
+		Bucket: &bucket, Key: &key, CopySource: copySource(src), CopySourceIfMatch: optional(quoteETag(src.IfMatch)),
 		MetadataDirective: types.MetadataDirectiveReplace, TaggingDirective: types.TaggingDirectiveReplace,
 		ContentType: p.ContentType, ContentEncoding: p.ContentEncoding, ContentDisposition: p.ContentDisposition,
 		ContentLanguage: p.ContentLanguage, CacheControl: p.CacheControl, Expires: p.Expires,
@@ -494,7 +460,7 @@ func (s *Store) Copy(ctx context.Context, src engine.VersionRef, bucket, key str
 func (s *Store) CopyPart(ctx context.Context, src engine.VersionRef, r engine.ByteRange, bucket, key, uploadID string, n int32) (string, error) {
 	out, err := s.client.UploadPartCopy(ctx, &s3.UploadPartCopyInput{
 		Bucket: &bucket, Key: &key, UploadId: &uploadID, PartNumber: aws.Int32(n),
-		CopySource: copySource(src), CopySourceRange: aws.String(fmt.Sprintf("bytes=%d-%d", r.First, r.Last)),
+		CopySource: copySource(src), CopySourceIfMatch: optional(quoteETag(src.IfMatch)), CopySourceRange: aws.String(fmt.Sprintf("bytes=%d-%d", r.First, r.Last)),
 	})
 	if err != nil {
 		return "", classifyCopy(err)
@@ -533,7 +499,7 @@ func (s *Store) CreateMultipart(ctx context.Context, bucket, key string, meta en
 		out, err = s.client.CreateMultipartUpload(ctx, in)
 	}
 	if err != nil {
-		return "", "", classify(err, false)
+		return "", "", classify(err, onDestination)
 	}
 	algo := ""
 	if in.ChecksumAlgorithm != "" && strings.EqualFold(string(out.ChecksumAlgorithm), string(in.ChecksumAlgorithm)) {
@@ -545,11 +511,7 @@ func (s *Store) CreateMultipart(ctx context.Context, bucket, key string, meta en
 // refusesChecksum reports whether a CreateMultipartUpload error is the
 // store rejecting the checksum algorithm rather than anything else.
 func refusesChecksum(err error) bool {
-	var re interface{ HTTPStatusCode() int }
-	if !errors.As(err, &re) {
-		return false
-	}
-	switch re.HTTPStatusCode() {
+	switch statusOf(err) {
 	case http.StatusBadRequest, http.StatusNotImplemented:
 		return true
 	}
@@ -559,23 +521,14 @@ func refusesChecksum(err error) bool {
 // UploadPart implements engine.Destination; the integrity header makes
 // the store check the part's bytes.
 func (s *Store) UploadPart(ctx context.Context, bucket, key, uploadID string, n int32, body engine.Payload) (string, error) {
-	contentMD5, crc := s.integrityOf(body)
-	if b := s.directFor(ctx, bucket); b != nil {
-		q := url.Values{"partNumber": {strconv.Itoa(int(n))}, "uploadId": {uploadID}}
-		h, err := s.direct.put(ctx, b, "UploadPart", key, q, putHeaders(engine.ObjectMeta{}, contentMD5, crc), body)
-		if err != nil {
-			return "", classify(err, false)
-		}
-		return strings.Trim(h.Get("ETag"), `"`), nil
-	}
 	in := &s3.UploadPartInput{
 		Bucket: &bucket, Key: &key, UploadId: &uploadID, PartNumber: aws.Int32(n),
 		Body: bytes.NewReader(body.Data), ContentLength: aws.Int64(int64(len(body.Data))),
 	}
-	in.ContentMD5, in.ChecksumCRC32C = contentMD5, crc
+	in.ContentMD5, in.ChecksumCRC32C = s.integrityOf(body)
 	out, err := s.client.UploadPart(ctx, in, unsignedPayload)
 	if err != nil {
-		return "", classify(err, false)
+		return "", classify(err, onDestination)
 	}
 	return strings.Trim(aws.ToString(out.ETag), `"`), nil
 }
@@ -587,7 +540,7 @@ func (s *Store) ListParts(ctx context.Context, bucket, key, uploadID string) ([]
 	for p.HasMorePages() {
 		out, err := p.NextPage(ctx)
 		if err != nil {
-			return nil, classify(err, false)
+			return nil, classify(err, onDestination)
 		}
 		for _, pt := range out.Parts {
 			parts = append(parts, engine.Part{Number: aws.ToInt32(pt.PartNumber), ETag: strings.Trim(aws.ToString(pt.ETag), `"`), Size: aws.ToInt64(pt.Size)})
@@ -609,7 +562,7 @@ func (s *Store) CompleteMultipart(ctx context.Context, bucket, key, uploadID str
 		Bucket: &bucket, Key: &key, UploadId: &uploadID, MultipartUpload: &types.CompletedMultipartUpload{Parts: cp},
 	})
 	if err != nil {
-		return "", classify(err, false)
+		return "", classify(err, onDestination)
 	}
 	return aws.ToString(out.VersionId), nil
 }
@@ -617,7 +570,7 @@ func (s *Store) CompleteMultipart(ctx context.Context, bucket, key, uploadID str
 // AbortMultipart implements engine.Destination.
 func (s *Store) AbortMultipart(ctx context.Context, bucket, key, uploadID string) error {
 	_, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &bucket, Key: &key, UploadId: &uploadID})
-	return classify(err, false)
+	return classify(err, onDestination)
 }
 
 // PutDeleteMarker implements engine.Destination: a DELETE without a version
@@ -625,7 +578,7 @@ func (s *Store) AbortMultipart(ctx context.Context, bucket, key, uploadID string
 func (s *Store) PutDeleteMarker(ctx context.Context, bucket, key string) (string, error) {
 	out, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &bucket, Key: &key})
 	if err != nil {
-		return "", classify(err, false)
+		return "", classify(err, onDestination)
 	}
 	return aws.ToString(out.VersionId), nil
 }
@@ -634,10 +587,7 @@ func (s *Store) PutDeleteMarker(ctx context.Context, bucket, key string) (string
 const clockSlack = 5 * time.Minute
 
 // FindReplica implements engine.Destination.
-func (s *Store) FindReplica(ctx context.Context, bucket, key string, a engine.Action, sourceVersion, pass string, since time.Time) (string, bool, error) {
-	if sourceVersion == "" {
-		sourceVersion = "null"
-	}
+func (s *Store) FindReplica(ctx context.Context, bucket, key string, a engine.Action, of engine.ReplicaOf, since time.Time) (string, bool, error) {
 	after := since.Add(-clockSlack)
 	var keyMarker, versionMarker string
 	for {
@@ -666,9 +616,9 @@ func (s *Store) FindReplica(ctx context.Context, bucket, key string, a engine.Ac
 			}
 			head, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &bucket, Key: &key, VersionId: optional(v.VersionID)})
 			if err != nil {
-				return "", false, classify(err, false)
+				return "", false, classify(err, onDestination)
 			}
-			if head.Metadata[engine.MetaSourceVersion] == sourceVersion && head.Metadata[engine.MetaPass] == pass {
+			if of.Matches(head.Metadata) {
 				return v.VersionID, true, nil
 			}
 		}
@@ -684,7 +634,7 @@ func (s *Store) FindReplica(ctx context.Context, bucket, key string, a engine.Ac
 func (s *Store) Versioning(ctx context.Context, bucket string) (string, error) {
 	out, err := s.client.GetBucketVersioning(ctx, &s3.GetBucketVersioningInput{Bucket: &bucket})
 	if err != nil {
-		return "", classify(err, false)
+		return "", classify(err, onDestination)
 	}
 	return string(out.Status), nil
 }
@@ -693,7 +643,7 @@ func (s *Store) Versioning(ctx context.Context, bucket string) (string, error) {
 func (s *Store) Head(ctx context.Context, bucket, key, versionID string) (int64, string, map[string]string, error) {
 	out, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &bucket, Key: &key, VersionId: optional(versionID)})
 	if err != nil {
-		return 0, "", nil, classify(err, true)
+		return 0, "", nil, classify(err, onSource)
 	}
 	return aws.ToInt64(out.ContentLength), strings.Trim(aws.ToString(out.ETag), `"`), out.Metadata, nil
 }
@@ -703,64 +653,4 @@ func optional(s string) *string {
 		return nil
 	}
 	return &s
-}
-
-// classify maps an SDK error to an engine.Error. source says whether a
-// missing key or version means the source version is gone.
-func classify(err error, source bool) error {
-	if err == nil {
-		return nil
-	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return err
-	}
-	code, status := "", 0
-	var ae smithy.APIError
-	if errors.As(err, &ae) {
-		code = ae.ErrorCode()
-	}
-	var re *awshttp.ResponseError
-	if errors.As(err, &re) {
-		status = re.HTTPStatusCode()
-	}
-	class, reason := engine.Permanent, engine.ReasonInvalid
-	switch {
-	case source && (code == "NoSuchKey" || code == "NoSuchVersion" || status == http.StatusNotFound && code != "NoSuchBucket"):
-		class, reason = engine.Gone, engine.ReasonSourceMissing
-	case source && status == http.StatusMethodNotAllowed:
-		// GET of a version that is a delete marker.
-		class, reason = engine.Gone, engine.ReasonSourceMissing
-	case code == "NoSuchBucket":
-		reason = engine.ReasonNoSuchBucket
-	case code == "AccessDenied" || code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch" ||
-		code == "AllAccessDisabled" || code == "AccountProblem" || status == http.StatusForbidden || status == http.StatusUnauthorized:
-		reason = engine.ReasonAccessDenied
-	case code == "SlowDown" || code == "Throttling" || code == "ThrottlingException" || code == "RequestLimitExceeded" ||
-		status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable:
-		class, reason = engine.Transient, engine.ReasonThrottled
-	case code == "RequestTimeout" || code == "RequestTimeTooSkewed" || status == http.StatusRequestTimeout:
-		class, reason = engine.Transient, engine.ReasonNetwork
-	case code == "BadDigest" || code == "InvalidDigest" || code == "IncompleteBody":
-		class, reason = engine.Transient, engine.ReasonIntegrity
-	case code == "NoSuchUpload":
-		reason = engine.ReasonInvalid
-	case status >= 500:
-		class, reason = engine.Transient, engine.ReasonServerError
-	case status >= 400:
-		// other 4xx: the request itself is wrong and will stay wrong
-	case isNetwork(err) || status == 0:
-		class, reason = engine.Transient, engine.ReasonNetwork
-	}
-	return &engine.Error{Class: class, Reason: reason, Err: err}
-}
-
-func isCode(err error, code string) bool {
-	var ae smithy.APIError
-	return errors.As(err, &ae) && ae.ErrorCode() == code
-}
-
-func isNetwork(err error) bool {
-	var ne net.Error
-	var oe *net.OpError
-	return errors.As(err, &ne) || errors.As(err, &oe)
 }

@@ -56,7 +56,7 @@ func TestErrorsAreClassifiedAtTheBoundary(t *testing.T) {
 			var err error
 			switch c.call {
 			case "get":
-				_, err = st.Get(ctx, "b", "k", "v1", nil)
+				_, err = st.Get(ctx, engine.VersionRef{Bucket: "b", Key: "k", VersionID: "v1"}, nil)
 			case "put":
 				_, err = st.Put(ctx, "b", "k", engine.ObjectMeta{}, engine.Payload{Data: []byte("x"), CRC32C: 0x90f599e3})
 			case "copy":

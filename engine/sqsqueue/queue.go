@@ -26,6 +26,9 @@ type Config struct {
 	WaitTime          time.Duration
 	VisibilityTimeout time.Duration
 	CAFile            string
+	// CallTimeout bounds every call but a long poll, which gets WaitTime
+	// plus CallTimeout (0: 30s).
+	CallTimeout time.Duration
 }
 
 // Queue is an SQS queue.
@@ -45,7 +48,13 @@ func New(ctx context.Context, c Config) (*Queue, error) {
 	if err != nil {
 		return nil, err
 	}
-	hc, err := s3store.HTTPClient(c.CAFile, 16)
+	if c.CallTimeout <= 0 {
+		c.CallTimeout = 30 * time.Second
+	}
+	// A long poll is silent by design: calls get context deadlines rather
+	// than the S3 transport's stall deadline.
+	hc, err := s3store.NewHTTPClient(s3store.TransportConfig{CAFile: c.CAFile, MaxConns: 16,
+		StallTimeout: c.CallTimeout, NoProgressDeadline: true})
 	if err != nil {
 		return nil, err
 	}
@@ -54,6 +63,8 @@ func New(ctx context.Context, c Config) (*Queue, error) {
 		if c.Endpoint != "" {
 			o.BaseEndpoint = aws.String(c.Endpoint)
 		}
+		// The engine retries receives and deletes with its own backoff.
+		o.Retryer = aws.NopRetryer{}
 	})
 	return &Queue{client: client, cfg: c}, nil
 }
@@ -74,6 +85,8 @@ func (q *Queue) Client() *sqs.Client { return q.client }
 
 // Receive implements engine.Queue: one long poll for up to ten messages.
 func (q *Queue) Receive(ctx context.Context) ([]engine.Message, error) {
+	ctx, cancel := context.WithTimeout(ctx, q.cfg.WaitTime+q.cfg.CallTimeout)
+	defer cancel()
 	out, err := q.client.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
 		QueueUrl:            &q.cfg.URL,
 		MaxNumberOfMessages: 10,
@@ -102,6 +115,8 @@ func (q *Queue) Receive(ctx context.Context) ([]engine.Message, error) {
 
 // Delete implements engine.Queue with DeleteMessageBatch.
 func (q *Queue) Delete(ctx context.Context, msgs []engine.Message) error {
+	ctx, cancel := context.WithTimeout(ctx, q.cfg.CallTimeout)
+	defer cancel()
 	for len(msgs) > 0 {
 		n := min(len(msgs), 10)
 		batch := msgs[:n]
@@ -124,6 +139,8 @@ func (q *Queue) Delete(ctx context.Context, msgs []engine.Message) error {
 
 // ExtendVisibility implements engine.Queue.
 func (q *Queue) ExtendVisibility(ctx context.Context, msgs []engine.Message, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, q.cfg.CallTimeout)
+	defer cancel()
 	for len(msgs) > 0 {
 		n := min(len(msgs), 10)
 		batch := msgs[:n]
@@ -144,6 +161,8 @@ func (q *Queue) ExtendVisibility(ctx context.Context, msgs []engine.Message, d t
 // Attributes fetches the queue's attributes (check-config uses it to prove
 // the queue exists and is reachable).
 func (q *Queue) Attributes(ctx context.Context) (map[string]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, q.cfg.CallTimeout)
+	defer cancel()
 	out, err := q.client.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
 		QueueUrl: &q.cfg.URL, AttributeNames: []types.QueueAttributeName{types.QueueAttributeNameAll},
 	})

@@ -1,0 +1,186 @@
+package s3store
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+)
+
+// Deadlines for every connection to an S3 endpoint.
+const (
+	// DefaultStallTimeout is how long a request may go without a byte sent
+	// or received before it is abandoned (transfer.stall_timeout).
+	DefaultStallTimeout = 30 * time.Second
+	// maxConnectTimeout bounds TCP connects and TLS handshakes.
+	maxConnectTimeout = 10 * time.Second
+)
+
+// TransportConfig describes the HTTP client of one endpoint.
+type TransportConfig struct {
+	// CAFile is a PEM bundle of a private CA, added to the system roots'
+	// place; empty trusts the system roots. Verification is never off.
+	CAFile string
+	// MaxConns bounds idle connections kept per host.
+	MaxConns int
+	// StallTimeout abandons a request that sends and receives nothing for
+	// this long (0: DefaultStallTimeout). It bounds silence, not duration,
+	// so a multi-GiB part that keeps moving is never cut off.
+	StallTimeout time.Duration
+	// NoProgressDeadline leaves connections without the stall deadline:
+	// only connect and handshake timeouts apply. The SQS client uses it,
+	// where a long poll is silent by design and each call has a context
+	// deadline instead.
+	NoProgressDeadline bool
+}
+
+// NewHTTPClient builds the HTTP client for an endpoint: pooled connections
+// sized for many parallel copies, TLS session resumption, the private CA
+// when one is given, and deadlines on connecting, handshaking and on every
+// silence longer than the stall timeout.
+func NewHTTPClient(c TransportConfig) (*http.Client, error) {
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca_file %s holds no PEM certificate", c.CAFile)
+		}
+		tlsCfg.RootCAs = pool
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = 256
+	}
+	stall := c.StallTimeout
+	if stall <= 0 {
+		stall = DefaultStallTimeout
+	}
+	connect := min(stall, maxConnectTimeout)
+	// Resumed sessions skip the certificate exchange and its verification
+	// on every new connection to the same endpoint.
+	tlsCfg.ClientSessionCache = tls.NewLRUClientSessionCache(c.MaxConns)
+	dialer := &net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}
+	dial := dialer.DialContext
+	if !c.NoProgressDeadline {
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			conn, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return newProgressConn(conn, stall), nil
+		}
+	}
+	tr := &http.Transport{
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         dial,
+		TLSClientConfig:     tlsCfg,
+		TLSHandshakeTimeout: connect,
+		MaxIdleConns:        c.MaxConns,
+		MaxIdleConnsPerHost: c.MaxConns,
+		// An idle connection is closed before its silence reaches the stall
+		// deadline, rather than failing the request that picks it up.
+		IdleConnTimeout: min(90*time.Second, stall*3/4),
+		// Object bytes go as they are: net/http must not ask for gzip and
+		// silently inflate an object stored with Content-Encoding: gzip.
+		DisableCompression: true,
+		// S3 speaks HTTP/1.1; a connection per request in flight is the
+		// parallelism the copier wants.
+		ForceAttemptHTTP2: false,
+	}
+	return &http.Client{Transport: tr}, nil
+}
+
+// progressConn fails a read or write only when the connection has made no
+// progress in either direction for the stall timeout. A read that waits
+// for a response while the request body is still going out is progress;
+// so is a slow but moving transfer. It sits under TLS, on the TCP
+// connection, where a timed-out read or write can be resumed.
+type progressConn struct {
+	net.Conn
+	stall time.Duration
+	last  atomic.Int64 // unix nanoseconds of the last byte either way
+}
+
+func newProgressConn(c net.Conn, stall time.Duration) *progressConn {
+	p := &progressConn{Conn: c, stall: stall}
+	p.last.Store(time.Now().UnixNano())
+	return p
+}
+
+// ErrStalled is wrapped by the error of a request abandoned because its
+// connection made no progress for the stall timeout.
+var ErrStalled = errors.New("no progress")
+
+// stallError is a timeout, as the net package's own, so that it is
+// classified and counted with network timeouts.
+type stallError struct{ d time.Duration }
+
+func (e *stallError) Error() string {
+	return fmt.Sprintf("no byte sent or received for %v (transfer.stall_timeout): connection abandoned", e.d)
+}
+func (e *stallError) Timeout() bool   { return true }
+func (e *stallError) Temporary() bool { return true }
+func (e *stallError) Unwrap() error   { return ErrStalled }
+
+func (p *progressConn) idle() time.Duration {
+	return time.Duration(time.Now().UnixNano() - p.last.Load())
+}
+
+func (p *progressConn) Read(b []byte) (int, error) {
+	for {
+		if err := p.Conn.SetReadDeadline(time.Now().Add(p.stall)); err != nil {
+			return 0, err
+		}
+		n, err := p.Conn.Read(b)
+		if n > 0 {
+			p.last.Store(time.Now().UnixNano())
+			return n, nil
+		}
+		if err != nil && isTimeout(err) {
+			if p.idle() < p.stall {
+				continue // the other direction moved meanwhile
+			}
+			return 0, &stallError{p.stall}
+		}
+		return n, err
+	}
+}
+
+func (p *progressConn) Write(b []byte) (int, error) {
+	done := 0
+	for done < len(b) {
+		if err := p.Conn.SetWriteDeadline(time.Now().Add(p.stall)); err != nil {
+			return done, err
+		}
+		n, err := p.Conn.Write(b[done:])
+		done += n
+		if n > 0 {
+			p.last.Store(time.Now().UnixNano())
+		}
+		if err == nil {
+			continue
+		}
+		if isTimeout(err) && p.idle() < p.stall {
+			continue
+		}
+		if isTimeout(err) {
+			return done, &stallError{p.stall}
+		}
+		return done, err
+	}
+	return done, nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
