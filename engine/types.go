@@ -388,7 +388,21 @@ type Error struct {
 	Err    error
 }
 
-func (e *Error) Error() string { return e.Err.Error() }
+func (e *Error) Error() string { return safeMessage(e.Err) }
+
+// safeMessage is err's message, even when its Error method panics (an SDK
+// response error built without a response does).
+func safeMessage(err error) (msg string) {
+	if err == nil {
+		return "<nil>"
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			msg = fmt.Sprintf("%T (its message cannot be printed: %v)", err, r)
+		}
+	}()
+	return err.Error()
+}
 func (e *Error) Unwrap() error { return e.Err }
 
 // Classify returns the class and reason of err; unclassified errors are

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 
@@ -59,10 +60,19 @@ func responseOf(err error) response {
 // (retried with backoff), permanent (failed until `retry`) or gone (the
 // source says the version no longer exists: skipped). Cancellation is
 // returned as it is, for the caller to handle.
-func classify(err error, s side) error {
+func classify(err error, s side) (out error) {
 	if err == nil {
 		return nil
 	}
+	defer func() {
+		// An error whose own methods panic (a response error built without
+		// a response) is kept by its message only, so that nothing that
+		// later inspects it can panic either.
+		if r := recover(); r != nil {
+			out = &engine.Error{Class: engine.Transient, Reason: engine.ReasonOther,
+				Err: fmt.Errorf("unreadable error %T: %v (%v)", err, err, r)}
+		}
+	}()
 	if errors.Is(err, context.Canceled) {
 		return err
 	}
@@ -100,7 +110,7 @@ func classOf(err error, r response, s side) (engine.Class, string) {
 	case st == 0:
 		// No answer: refused, reset, timed out, stalled, TLS failure or a
 		// deadline. The request may or may not have reached the store.
-		if errors.Is(err, context.DeadlineExceeded) || isTransport(err) {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF) || isTransport(err) {
 			return engine.Transient, engine.ReasonNetwork
 		}
 		return engine.Transient, engine.ReasonOther

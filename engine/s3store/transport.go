@@ -104,14 +104,23 @@ func NewHTTPClient(c TransportConfig) (*http.Client, error) {
 // for a response while the request body is still going out is progress;
 // so is a slow but moving transfer. It sits under TLS, on the TCP
 // connection, where a timed-out read or write can be resumed.
+//
+// Each read or write waits at most a tick (a quarter of the stall
+// timeout) before looking at the clock: a write blocked on a full socket
+// buffer reports the bytes it moved only when it returns, so progress is
+// known to within a tick, and a stall is declared after stall + tick of
+// silence as recorded, which is at least stall of real silence.
 type progressConn struct {
 	net.Conn
 	stall time.Duration
+	tick  time.Duration
 	last  atomic.Int64 // unix nanoseconds of the last byte either way
+	// queued is the send queue's length when last looked at.
+	queued atomic.Int64
 }
 
 func newProgressConn(c net.Conn, stall time.Duration) *progressConn {
-	p := &progressConn{Conn: c, stall: stall}
+	p := &progressConn{Conn: c, stall: stall, tick: max(stall/4, 10*time.Millisecond)}
 	p.last.Store(time.Now().UnixNano())
 	return p
 }
@@ -131,13 +140,20 @@ func (e *stallError) Timeout() bool   { return true }
 func (e *stallError) Temporary() bool { return true }
 func (e *stallError) Unwrap() error   { return ErrStalled }
 
-func (p *progressConn) idle() time.Duration {
-	return time.Duration(time.Now().UnixNano() - p.last.Load())
+// stalled reports whether the connection has been silent for too long.
+// Bytes leaving the kernel's send buffer count as progress.
+func (p *progressConn) stalled() bool {
+	now := time.Now().UnixNano()
+	if q, ok := sendQueue(p.Conn); ok && int64(q) != p.queued.Swap(int64(q)) {
+		p.last.Store(now)
+		return false
+	}
+	return time.Duration(now-p.last.Load()) >= p.stall+p.tick
 }
 
 func (p *progressConn) Read(b []byte) (int, error) {
 	for {
-		if err := p.Conn.SetReadDeadline(time.Now().Add(p.stall)); err != nil {
+		if err := p.Conn.SetReadDeadline(time.Now().Add(p.tick)); err != nil {
 			return 0, err
 		}
 		n, err := p.Conn.Read(b)
@@ -146,8 +162,8 @@ func (p *progressConn) Read(b []byte) (int, error) {
 			return n, nil
 		}
 		if err != nil && isTimeout(err) {
-			if p.idle() < p.stall {
-				continue // the other direction moved meanwhile
+			if !p.stalled() {
+				continue
 			}
 			return 0, &stallError{p.stall}
 		}
@@ -158,7 +174,7 @@ func (p *progressConn) Read(b []byte) (int, error) {
 func (p *progressConn) Write(b []byte) (int, error) {
 	done := 0
 	for done < len(b) {
-		if err := p.Conn.SetWriteDeadline(time.Now().Add(p.stall)); err != nil {
+		if err := p.Conn.SetWriteDeadline(time.Now().Add(p.tick)); err != nil {
 			return done, err
 		}
 		n, err := p.Conn.Write(b[done:])
@@ -166,16 +182,13 @@ func (p *progressConn) Write(b []byte) (int, error) {
 		if n > 0 {
 			p.last.Store(time.Now().UnixNano())
 		}
-		if err == nil {
-			continue
-		}
-		if isTimeout(err) && p.idle() < p.stall {
-			continue
-		}
-		if isTimeout(err) {
+		switch {
+		case err == nil:
+		case !isTimeout(err):
+			return done, err
+		case p.stalled():
 			return done, &stallError{p.stall}
 		}
-		return done, err
 	}
 	return done, nil
 }

@@ -1,0 +1,8 @@
+//go:build !linux
+
+package s3store
+
+import "net"
+
+// sendQueue is not known on this platform: progress is seen at writes only.
+func sendQueue(net.Conn) (int, bool) { return 0, false }
