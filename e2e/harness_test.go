@@ -98,6 +98,10 @@ type worldOpts struct {
 	// that copies can be made inside the store.
 	sameEndpoint bool
 	destExtra    string // extra YAML keys of the destination, indented by 4
+	// Endpoints the daemon is given instead of the servers' own (fault
+	// proxies); the test's own clients still talk to the servers.
+	srcEndpoint, dstEndpoint, sqsEndpoint string
+	visibility                            string // queue.visibility_timeout (default 20s)
 }
 
 const defaultRules = `
@@ -134,6 +138,19 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	if o.transfer == "" {
 		o.transfer = "  workers: 8\n"
 	}
+	srcEndpoint, sqsEndpoint := env.Source, env.SQS
+	if o.srcEndpoint != "" {
+		srcEndpoint = o.srcEndpoint
+	}
+	if o.dstEndpoint != "" {
+		destEndpoint = o.dstEndpoint
+	}
+	if o.sqsEndpoint != "" {
+		sqsEndpoint = o.sqsEndpoint
+	}
+	if o.visibility == "" {
+		o.visibility = "20s"
+	}
 	cfg := fmt.Sprintf(`state_dir: %s
 listen: %s
 shutdown_timeout: 10s
@@ -145,7 +162,7 @@ queue:
   access_key_id: ${TEST_AK}
   secret_access_key: ${TEST_SK}
   wait_time: 1s
-  visibility_timeout: 20s
+  visibility_timeout: %s
 source:
   endpoint: %s
   path_style: true
@@ -162,7 +179,7 @@ rules:
 %s
 transfer:
 %s
-%s`, filepath.Join(w.dir, "state"), w.listen, w.queueURL, env.SQS, env.Source, destEndpoint, o.destExtra,
+%s`, filepath.Join(w.dir, "state"), w.listen, w.queueURL, sqsEndpoint, o.visibility, srcEndpoint, destEndpoint, o.destExtra,
 		strings.TrimPrefix(fmt.Sprintf(o.rules, w.srcBucket, w.dstBucket), "\n"), o.transfer, o.extra)
 	w.configPath = filepath.Join(w.dir, "config.yaml")
 	must(t, os.WriteFile(w.configPath, []byte(cfg), 0o600))

@@ -75,7 +75,15 @@ type Engine struct {
 
 	ready  atomic.Bool
 	loaded chan struct{}
+
+	// failing is set when a copy fails transiently; the next success wakes
+	// every op in backoff (at most once per wakeEvery).
+	failing  atomic.Bool
+	lastWake atomic.Int64
 }
+
+// wakeEvery bounds how often a success wakes the ops in backoff.
+const wakeEvery = time.Second
 
 // New validates cfg and builds an Engine.
 func New(cfg Config) (*Engine, error) {
@@ -112,7 +120,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.BackoffMin = time.Second
 	}
 	if cfg.BackoffMax <= 0 {
-		cfg.BackoffMax = 5 * time.Minute
+		cfg.BackoffMax = time.Minute
 	}
 	if cfg.MaxBacklog <= 0 {
 		cfg.MaxBacklog = max(1000, 100*cfg.Workers)
@@ -352,7 +360,7 @@ func (e *Engine) poll(ctx, workCtx context.Context, acks chan<- []Message) error
 				e.ready.Store(false)
 			}
 			e.log.Warn("receive from queue failed", "err", err, "attempt", failures)
-			if !sleep(ctx, backoff(failures, time.Second, 30*time.Second)) {
+			if !sleep(ctx, backoff(failures, time.Second, 10*time.Second)) {
 				return nil
 			}
 			continue
@@ -599,6 +607,7 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 		return
 	}
 	op.Replica = replica
+	e.recovered()
 	// The worker goes on to the next op while the state file commits this
 	// one; the key stays taken until then, so its order holds.
 	select {
@@ -642,7 +651,25 @@ func (e *Engine) finish(ctx context.Context, op *Op, s State, reason string) {
 	e.sched.Done(op, true)
 }
 
+// recovered wakes the ops held back by failures once a copy succeeds: the
+// store (or the network) is back, and they need not wait out their backoff.
+func (e *Engine) recovered() {
+	if !e.failing.Load() {
+		return
+	}
+	now := time.Now().UnixNano()
+	last := e.lastWake.Load()
+	if now-last < int64(wakeEvery) || !e.lastWake.CompareAndSwap(last, now) {
+		return
+	}
+	e.failing.Store(false)
+	if n := e.sched.WakeAll(); n > 0 {
+		e.log.Info("a copy succeeded after failures: retrying the operations in backoff now", "operations", n)
+	}
+}
+
 func (e *Engine) retryLater(ctx context.Context, op *Op, err error, log *slog.Logger) {
+	e.failing.Store(true)
 	op.Attempts++
 	op.State = Pending
 	op.LastError = err.Error()

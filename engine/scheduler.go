@@ -185,6 +185,27 @@ func (s *scheduler) Done(op *Op, finished bool) {
 	s.makeReadyLocked(kq)
 }
 
+// WakeAll ends every backoff wait: the ops held back by a failure run as
+// soon as a worker is free. Called when a copy succeeds after failures, so
+// that a backlog held up by an outage drains as soon as it ends rather
+// than when each op's own backoff runs out.
+func (s *scheduler) WakeAll() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, kq := range s.keys {
+		if !kq.waiting {
+			continue
+		}
+		kq.timer.Stop()
+		kq.waiting = false
+		kq.ops[0].NextAttempt = time.Time{}
+		s.makeReadyLocked(kq)
+		n++
+	}
+	return n
+}
+
 // waitRoom blocks while the scheduler holds limit ops or more.
 func (s *scheduler) waitRoom(ctx context.Context, limit int) error {
 	for {
