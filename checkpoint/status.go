@@ -1,13 +1,58 @@
 package checkpoint
 
 import (
+	"encoding/binary"
 	"encoding/json"
+	"strings"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
-	"time"
 
 	"github.com/s3replicad/s3replicad/engine"
 )
+
+// deltas are counter changes made by one transaction, applied once at its
+// end. Counters: ops by rule and state ("n" rule state), bytes pending by
+// rule ("b" rule), unfinished ops by origin ("o" origin).
+type deltas map[string]int64
+
+func counterKey(kind byte, parts ...string) string {
+	return string(kind) + "\x00" + strings.Join(parts, "\x00")
+}
+
+// count adds (sign +1) or removes (-1) an op's contribution.
+func (d deltas) count(op *engine.Op, sign int64) {
+	d[counterKey('n', op.Rule, string(op.State))] += sign
+	if unfinished(op.State) {
+		d[counterKey('o', string(op.Origin))] += sign
+		if op.Size > 0 {
+			d[counterKey('b', op.Rule)] += sign * op.Size
+		}
+	}
+}
+
+func (d deltas) apply(b *bolt.Bucket) error {
+	for k, v := range d {
+		if v == 0 {
+			continue
+		}
+		cur := int64(0)
+		if raw := b.Get([]byte(k)); len(raw) == 8 {
+			cur = int64(binary.BigEndian.Uint64(raw))
+		}
+		cur += v
+		var err error
+		if cur == 0 {
+			err = b.Delete([]byte(k))
+		} else {
+			err = b.Put([]byte(k), binary.BigEndian.AppendUint64(nil, uint64(cur)))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // Status is the state file summarised; `status -json` prints it as is, so
 // its field names are a stable interface.
@@ -23,6 +68,9 @@ type Status struct {
 	Backfill         map[string]Cursor      `json:"backfill,omitempty"`
 	GeneratedAt      time.Time              `json:"generated_at"`
 	DaemonRunning    bool                   `json:"daemon_running"`
+	// IntakePaused says the daemon stopped receiving because the state
+	// file's disk is full (daemon only).
+	IntakePaused bool `json:"intake_paused,omitempty"`
 }
 
 // RuleStatus is the per-rule part of Status.
@@ -54,55 +102,52 @@ func newCounts() map[engine.State]int64 {
 	return c
 }
 
-// Status scans the state file.
-func (s *Store) Status(now time.Time) (*Status, error) { return s.StatusWith(now, nil) }
-
-// StatusWith is Status in the running daemon: the ops it has at work count
-// as in flight, whatever the file says yet (write marks are saved lazily).
-func (s *Store) StatusWith(now time.Time, running map[string]bool) (*Status, error) {
-	st := &Status{Counts: newCounts(), Rules: map[string]RuleStatus{}, Failed: []FailedItem{}, GeneratedAt: now.UTC()}
-	var oldest time.Time
-	err := s.Each(func(op *engine.Op) error {
-		if op.State == engine.Pending && running[op.ID()] {
-			op.State = engine.InFlight
-		}
-		st.Counts[op.State]++
-		rs, ok := st.Rules[op.Rule]
-		if !ok {
-			rs = RuleStatus{Counts: newCounts()}
-		}
-		rs.Counts[op.State]++
-		if op.State == engine.Pending || op.State == engine.InFlight {
-			if op.Origin == engine.OriginBackfill {
-				st.BackfillPending++
+// Status summarises the state file from its counters and indexes: it reads
+// the same few pages whatever the number of operations.
+func (s *Store) Status(now time.Time) (*Status, error) {
+	st := &Status{Counts: newCounts(), Rules: map[string]RuleStatus{}, Failed: []FailedItem{}, Backfill: map[string]Cursor{}, GeneratedAt: now.UTC()}
+	err := s.db.View(func(t *bolt.Tx) error {
+		x := wrap(t)
+		err := t.Bucket(bucketStats).ForEach(func(k, v []byte) error {
+			parts := strings.Split(string(k[2:]), "\x00")
+			n := int64(binary.BigEndian.Uint64(v))
+			rule := func(id string) RuleStatus {
+				rs, ok := st.Rules[id]
+				if !ok {
+					rs = RuleStatus{Counts: newCounts()}
+				}
+				return rs
 			}
-			if op.Size > 0 {
-				st.BytesPending += op.Size
-				rs.BytesPending += op.Size
+			switch {
+			case k[0] == 'n' && len(parts) == 2:
+				rs := rule(parts[0])
+				rs.Counts[engine.State(parts[1])] += n
+				st.Rules[parts[0]] = rs
+				st.Counts[engine.State(parts[1])] += n
+			case k[0] == 'b' && len(parts) == 1:
+				rs := rule(parts[0])
+				rs.BytesPending += n
+				st.Rules[parts[0]] = rs
+				st.BytesPending += n
+			case k[0] == 'o' && len(parts) == 1 && parts[0] == string(engine.OriginBackfill):
+				st.BackfillPending = n
 			}
-			if t := op.Since(); oldest.IsZero() || t.Before(oldest) {
-				oldest = t
-			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		st.Rules[op.Rule] = rs
-		if op.State == engine.Failed && len(st.Failed) < maxFailedListed {
+		c := x.failed.Cursor()
+		for k, _ := c.First(); k != nil && len(st.Failed) < maxFailedListed; k, _ = c.Next() {
+			op, err := x.op(seqOf(k))
+			if err != nil {
+				return err
+			}
 			st.Failed = append(st.Failed, FailedItem{Rule: op.Rule, Bucket: op.Bucket, Key: op.Key, VersionID: op.VersionID,
 				Reason: op.Reason, Error: op.LastError, Attempts: op.Attempts, Failed: op.Finished})
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if !oldest.IsZero() {
-		o := oldest.UTC()
-		st.OldestPending = &o
-		st.OldestPendingAge = now.Sub(oldest).Seconds()
-	}
-	st.Backfill = map[string]Cursor{}
-	err = s.db.View(func(tx *bolt.Tx) error {
-		st.Uploads = tx.Bucket(bucketUploads).Stats().KeyN
-		return tx.Bucket(bucketCursors).ForEach(func(k, v []byte) error {
+		st.Uploads = t.Bucket(bucketUploads).Stats().KeyN
+		return t.Bucket(bucketCursors).ForEach(func(k, v []byte) error {
 			var c Cursor
 			if err := json.Unmarshal(v, &c); err != nil {
 				return err
@@ -111,5 +156,48 @@ func (s *Store) StatusWith(now time.Time, running map[string]bool) (*Status, err
 			return nil
 		})
 	})
-	return st, err
+	if err != nil {
+		return nil, err
+	}
+	if oldest, ok, err := s.OldestPending(); err != nil {
+		return nil, err
+	} else if ok {
+		o := oldest.UTC()
+		st.OldestPending = &o
+		st.OldestPendingAge = max(now.Sub(oldest).Seconds(), 0)
+	}
+	return st, nil
+}
+
+// Counts returns the unfinished ops and bytes pending of each rule (the
+// daemon starts its gauges from them).
+func (s *Store) Counts() (map[string]int64, map[string]int64, error) {
+	st, err := s.Status(time.Now())
+	if err != nil {
+		return nil, nil, err
+	}
+	ops, bytes := map[string]int64{}, map[string]int64{}
+	for id, rs := range st.Rules {
+		ops[id] = rs.Counts[engine.Pending] + rs.Counts[engine.InFlight]
+		bytes[id] = rs.BytesPending
+	}
+	return ops, bytes, nil
+}
+
+// WithRunning adjusts a status for the ops a running daemon has at work:
+// they count as in flight whatever the file says yet (write marks are
+// saved lazily).
+func (st *Status) WithRunning(running map[string]int) {
+	for rule, n := range running {
+		rs, ok := st.Rules[rule]
+		if !ok {
+			continue
+		}
+		open := rs.Counts[engine.Pending] + rs.Counts[engine.InFlight]
+		n := min(int64(n), open)
+		st.Counts[engine.Pending] += (open - n) - rs.Counts[engine.Pending]
+		st.Counts[engine.InFlight] += n - rs.Counts[engine.InFlight]
+		rs.Counts[engine.Pending], rs.Counts[engine.InFlight] = open-n, n
+		st.Rules[rule] = rs
+	}
 }

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -47,10 +46,12 @@ type Config struct {
 	DrainTimeout time.Duration
 	// BackoffMin and BackoffMax bound the retry delay of transient failures.
 	BackoffMin, BackoffMax time.Duration
-	// MaxBacklog bounds the unfinished ops the engine holds: beyond it
-	// intake stops receiving (messages wait in the queue) and backfill
-	// waits, so that memory does not grow with a backlog.
+	// MaxBacklog bounds the unfinished ops the engine holds in memory; the
+	// rest of the backlog waits in the state file, so that memory does not
+	// grow with a backlog.
 	MaxBacklog int
+	// StatePath names the state file in log lines.
+	StatePath string
 
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
@@ -75,6 +76,18 @@ type Engine struct {
 
 	ready  atomic.Bool
 	loaded chan struct{}
+
+	// intake (see intake.go)
+	records      chan recordReq
+	refill       chan struct{}
+	intakeDone   chan struct{}
+	spill        [2]spill // owned by the intake goroutine
+	suspect      uint64
+	backfillOpen atomic.Int64
+	statePath    string
+	paused       atomic.Bool
+	pauseMu      sync.Mutex
+	pauseChanged chan struct{}
 
 	// failing is set when a copy fails transiently; the next success wakes
 	// every op in backoff (at most once per wakeEvery).
@@ -132,20 +145,33 @@ func New(cfg Config) (*Engine, error) {
 		cfg.Registerer = prometheus.NewRegistry()
 	}
 	e := &Engine{
-		cfg:       cfg,
-		rules:     NewRules(cfg.Rules),
-		log:       cfg.Logger,
-		sched:     newScheduler(),
-		loaded:    make(chan struct{}),
-		finishers: make(chan struct{}, cfg.Workers),
+		cfg:          cfg,
+		rules:        NewRules(cfg.Rules),
+		log:          cfg.Logger,
+		sched:        newScheduler(),
+		loaded:       make(chan struct{}),
+		finishers:    make(chan struct{}, cfg.Workers),
+		records:      make(chan recordReq, 4*cfg.Pollers),
+		refill:       make(chan struct{}, 1),
+		intakeDone:   make(chan struct{}),
+		statePath:    cfg.StatePath,
+		pauseChanged: make(chan struct{}),
+	}
+	// The window is topped up once half of it is done.
+	e.sched.low, e.sched.onLow = cfg.MaxBacklog/2, func() {
+		select {
+		case e.refill <- struct{}{}:
+		default:
+		}
 	}
 	e.buffers = newBufferPool(e.cfg.BufferMemory)
 	names := slices.Sorted(maps.Keys(cfg.Destinations))
 	e.m = newMetrics(cfg.Registerer, e.rules, names, func() float64 {
-		if t, ok := e.sched.Oldest(); ok {
-			return time.Since(t).Seconds()
+		t, ok, err := e.cfg.State.OldestPending()
+		if err != nil || !ok {
+			return 0
 		}
-		return 0
+		return max(time.Since(t).Seconds(), 0)
 	})
 	e.dests, e.inStore = map[string]Destination{}, map[string]*atomic.Bool{}
 	for _, name := range names {
@@ -165,15 +191,16 @@ func New(cfg Config) (*Engine, error) {
 	return e, nil
 }
 
-// Ready reports whether the engine has loaded its backlog and, when it has
-// a queue, received from it successfully in the last few wait periods.
-func (e *Engine) Ready() bool { return e.ready.Load() }
+// Ready reports whether the engine has loaded its backlog, its state disk
+// is not full and, when it has a queue, it received from it successfully
+// in the last few wait periods.
+func (e *Engine) Ready() bool { return e.ready.Load() && !e.paused.Load() }
 
 // Run loads unfinished work from the state file, then receives and
 // replicates until ctx ends.
 func (e *Engine) Run(ctx context.Context) error {
 	defer e.sched.Close()
-	crashed, err := e.cfg.State.BeginRun()
+	crashed, err := e.beginRun(ctx)
 	if err != nil {
 		return err
 	}
@@ -194,6 +221,11 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer stop()
 
 	g, gctx := errgroup.WithContext(ctx)
+	// The intake outlives the pollers and backfill, which wait on it.
+	intakeCtx, stopIntake := context.WithCancel(context.WithoutCancel(ctx))
+	intakeDone := make(chan struct{})
+	go func() { defer close(intakeDone); e.runIntake(intakeCtx) }()
+	defer func() { stopIntake(); <-intakeDone }()
 	for i := 0; i < e.cfg.Workers; i++ {
 		g.Go(func() error { e.work(gctx, workCtx); return nil })
 	}
@@ -223,6 +255,25 @@ func (e *Engine) Run(ctx context.Context) error {
 	return nil
 }
 
+// beginRun marks the state file in use, waiting (and saying so) while its
+// disk is full.
+func (e *Engine) beginRun(ctx context.Context) (bool, error) {
+	for attempt := 1; ; attempt++ {
+		crashed, err := e.cfg.State.BeginRun()
+		if err == nil || !diskFull(err) {
+			return crashed, err
+		}
+		if attempt == 1 {
+			e.m.intakePaused.Set(1)
+			e.log.Error("the state file's disk is full: waiting for space before starting", "state", e.statePath, "err", err)
+		}
+		if !sleep(ctx, 2*time.Second) {
+			return false, ctx.Err()
+		}
+		e.m.intakePaused.Set(0)
+	}
+}
+
 // stopCleanly saves the write marks of the ops still held, then records
 // that this run stopped cleanly.
 func (e *Engine) stopCleanly() error {
@@ -240,86 +291,61 @@ func (e *Engine) stopCleanly() error {
 	return e.cfg.State.EndRun()
 }
 
-// load puts the unfinished ops of the state file back in the scheduler.
-// After a crash any of them may have been written without its write mark
-// being saved: all are marked, so that each looks for its replica first.
+// load fills the window from the state file and starts the gauges from
+// its counters. After a crash any unfinished op may have been written
+// without its write mark being saved: each one read back (now or later)
+// looks for its replica first.
 func (e *Engine) load(crashed bool) error {
-	var ops, marked []*Op
-	err := e.cfg.State.Unfinished(func(op *Op) error {
-		ops = append(ops, op)
-		if crashed && op.WriteStarted.IsZero() {
-			// Nothing is written before an op is recorded.
-			op.WriteStarted = op.Recorded
-			if op.WriteStarted.IsZero() {
-				op.WriteStarted = time.Unix(0, 0)
-			}
-			marked = append(marked, op)
-		}
-		return nil
-	})
+	var err error
+	if e.suspect, err = e.cfg.State.SuspectThrough(); err != nil {
+		return fmt.Errorf("load backlog: %w", err)
+	}
+	ops, bytes, err := e.cfg.State.Counts()
 	if err != nil {
 		return fmt.Errorf("load backlog: %w", err)
 	}
-	if len(marked) > 0 {
-		// Saved now: should this run stop cleanly before reaching them,
-		// the next one must still look.
-		if err := e.cfg.State.SaveAll(context.Background(), marked); err != nil {
-			return fmt.Errorf("load backlog: %w", err)
-		}
+	var total int64
+	for rule, n := range ops {
+		e.m.pending.WithLabelValues(rule).Add(float64(n))
+		e.m.bytesPending.WithLabelValues(rule).Add(float64(bytes[rule]))
+		total += n
 	}
-	if crashed && len(ops) > 0 {
+	for class := range e.spill {
+		e.spill[class].on = true
+	}
+	e.fill()
+	if crashed && total > 0 {
 		e.log.Warn("the previous run did not stop cleanly; unfinished copies look for a replica on the destination before writing",
-			"operations", len(ops))
+			"operations", total)
 	}
-	// Back in arrival order: the state file lists ops by ID, and ops
-	// without sequencers (backfill) run in the order they were recorded.
-	// Ops from before Seq existed are older than any that have one.
-	slices.SortStableFunc(ops, func(a, b *Op) int {
-		if c := cmp.Compare(min(a.Seq, 1), min(b.Seq, 1)); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.Seq, b.Seq); c != 0 {
-			return c
-		}
-		return a.Recorded.Compare(b.Recorded)
-	})
-	for _, op := range ops {
-		e.m.track(op, 1)
-	}
-	e.sched.Add(ops...)
-	if len(ops) > 0 {
-		e.log.Info("resuming backlog from state file", "operations", len(ops))
+	if total > 0 {
+		e.log.Info("resuming backlog from state file", "operations", total, "in_memory", e.sched.Len())
 	}
 	return nil
 }
 
 // Submit records ops durably and schedules the new ones (backfill uses it).
-// It waits while the engine's backlog is full.
+// It waits while the unfinished backfill ops are many times what memory
+// holds, so that a backfill does not list far ahead of its copies.
 func (e *Engine) Submit(ctx context.Context, ops []*Op) (int, error) {
-	if err := e.sched.waitRoom(ctx, e.cfg.MaxBacklog); err != nil {
+	for e.backfillOpen.Load() >= int64(backfillAhead*e.cfg.MaxBacklog) {
+		if !sleep(ctx, 100*time.Millisecond) {
+			return 0, ctx.Err()
+		}
+	}
+	if err := e.waitUnpaused(ctx); err != nil {
 		return 0, err
 	}
-	added, err := e.cfg.State.Record(ctx, ops)
+	added, err := e.record(ctx, ops)
 	if err != nil {
 		return 0, err
 	}
-	e.schedule(added)
 	return len(added), nil
 }
 
-func (e *Engine) schedule(ops []*Op) {
-	var live []*Op
-	for _, op := range ops {
-		switch op.State {
-		case Pending, InFlight:
-			e.m.track(op, 1)
-			live = append(live, op)
-		case Skipped:
-			e.m.skipped.WithLabelValues(op.Rule).Inc()
-		}
-	}
-	e.sched.Add(live...)
-}
+// backfillAhead is how many windows of backfill ops may wait in the state
+// file.
+const backfillAhead = 10
 
 // Retry puts failed ops back to pending (all when keys is empty).
 func (e *Engine) Retry(keys []string) (int, error) {
@@ -328,12 +354,20 @@ func (e *Engine) Retry(keys []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	e.schedule(ops)
+	// Retried ops go straight into memory, over the window if need be:
+	// they sit below its edge in the state file.
+	for _, op := range ops {
+		e.m.track(op, 1)
+		if op.Origin == OriginBackfill {
+			e.backfillOpen.Add(1)
+		}
+	}
+	e.sched.Add(ops...)
 	return len(ops), nil
 }
 
-// Running returns the IDs of the ops being copied now.
-func (e *Engine) Running() map[string]bool { return e.sched.Running() }
+// Running counts the ops being copied now, by rule.
+func (e *Engine) Running() map[string]int { return e.sched.Running() }
 
 // Backlog is the number of unfinished ops the engine holds.
 func (e *Engine) Backlog() int { return e.sched.Len() }
@@ -345,7 +379,7 @@ const shortPoll = 200 * time.Millisecond
 func (e *Engine) poll(ctx, workCtx context.Context, acks chan<- []Message) error {
 	failures, empty := 0, 0
 	for ctx.Err() == nil {
-		if e.sched.waitRoom(ctx, e.cfg.MaxBacklog) != nil {
+		if e.waitUnpaused(ctx) != nil {
 			return nil
 		}
 		began := time.Now()
@@ -440,12 +474,14 @@ func (e *Engine) handle(ctx context.Context, msgs []Message) []Message {
 		ack = append(ack, msg)
 	}
 	if len(ops) > 0 {
-		added, err := e.cfg.State.Record(ctx, ops)
-		if err != nil {
-			e.log.Error("cannot record operations; messages will be redelivered", "err", err)
+		if _, err := e.record(ctx, ops); err != nil {
+			if ctx.Err() == nil {
+				// Visible again at once: they will be received again when
+				// the state file takes writes.
+				_ = e.cfg.Queue.ExtendVisibility(context.WithoutCancel(ctx), ack, 0)
+			}
 			return nil
 		}
-		e.schedule(added)
 	}
 	return ack
 }
@@ -544,6 +580,9 @@ func newOp(r *Rule, rec event.Record, a Action, origin Origin, now time.Time) *O
 // the drain timeout.
 func (e *Engine) work(ctx, workCtx context.Context) {
 	for {
+		if e.waitUnpaused(ctx) != nil {
+			return
+		}
 		op, err := e.sched.Next(ctx)
 		if err != nil {
 			return
@@ -633,11 +672,15 @@ func (e *Engine) finish(ctx context.Context, op *Op, s State, reason string) {
 	if err := e.cfg.State.Save(context.WithoutCancel(ctx), op); err != nil {
 		// Not durable: keep it pending in memory and try again; on a crash
 		// the copy is found on the destination and not written twice.
+		e.stateFailed(err)
 		op.State = prev
 		e.retryLater(ctx, op, fmt.Errorf("save state: %w", err), e.log)
 		return
 	}
 	e.m.track(op, -1)
+	if op.Origin == OriginBackfill {
+		e.backfillOpen.Add(-1)
+	}
 	switch s {
 	case Completed:
 		e.m.done(op, now)
@@ -675,7 +718,7 @@ func (e *Engine) retryLater(ctx context.Context, op *Op, err error, log *slog.Lo
 	op.LastError = err.Error()
 	op.NextAttempt = time.Now().Add(backoff(op.Attempts, e.cfg.BackoffMin, e.cfg.BackoffMax))
 	log.Warn("copy failed, will retry", "attempt", op.Attempts, "next", op.NextAttempt.Format(time.RFC3339), "err", err)
-	if serr := e.cfg.State.Save(context.WithoutCancel(ctx), op); serr != nil {
+	if serr := e.cfg.State.Save(context.WithoutCancel(ctx), op); serr != nil && !diskFull(serr) {
 		log.Error("cannot save retry state", "err", serr)
 	}
 	e.sched.Done(op, false)

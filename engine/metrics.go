@@ -24,6 +24,8 @@ type metrics struct {
 	throttled     *prometheus.CounterVec
 	queueErrors   prometheus.Counter
 	oldestPending prometheus.GaugeFunc
+	intakePaused  prometheus.Gauge
+	stateErrors   prometheus.Counter
 }
 
 // EventKinds are the label values of s3replicad_events_received_total.
@@ -92,6 +94,14 @@ func newMetrics(reg prometheus.Registerer, rules Rules, dests []string, oldest f
 			Name: "s3replicad_queue_errors_total",
 			Help: "Failed queue calls (receive, delete, visibility).",
 		}),
+		intakePaused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "s3replicad_intake_paused",
+			Help: "1 while intake and copies are paused because the state file's disk is full.",
+		}),
+		stateErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "s3replicad_state_errors_total",
+			Help: "Failed writes to the state file (a full disk among them).",
+		}),
 		oldestPending: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "s3replicad_oldest_pending_seconds",
 			Help: "Age of the oldest unfinished operation, 0 when there is none.",
@@ -99,7 +109,7 @@ func newMetrics(reg prometheus.Registerer, rules Rules, dests []string, oldest f
 	}
 	reg.MustRegister(m.events, m.replicated, m.bytes, m.pending, m.bytesPending, m.failed, m.latency,
 		m.deletes, m.superseded, m.skipped, m.sourceBytes, m.inStoreBytes, m.concurrency, m.throttled,
-		m.queueErrors, m.oldestPending)
+		m.queueErrors, m.oldestPending, m.intakePaused, m.stateErrors)
 	// Every series whose labels are known now starts at zero so that rate()
 	// and absence alerts work before the first event.
 	for _, k := range EventKinds {

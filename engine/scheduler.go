@@ -18,9 +18,12 @@ type scheduler struct {
 	keys    map[string]*keyQueue
 	ready   [2][]*keyQueue // [0] live, [1] backfill
 	wake    chan struct{}
-	count   int           // ops held
-	room    chan struct{} // closed when count falls; nil when nobody waits
-	onReady func()        // test hook
+	count   int    // ops held
+	onReady func() // test hook
+	// onLow is called (with the lock held: it must not block) when the
+	// ops held fall to low.
+	low   int
+	onLow func()
 }
 
 type keyQueue struct {
@@ -168,9 +171,8 @@ func (s *scheduler) Done(op *Op, finished bool) {
 			if o == op {
 				kq.ops = append(kq.ops[:i], kq.ops[i+1:]...)
 				s.count--
-				if s.room != nil {
-					close(s.room)
-					s.room = nil
+				if s.count == s.low && s.onLow != nil {
+					s.onLow()
 				}
 				break
 			}
@@ -206,38 +208,17 @@ func (s *scheduler) WakeAll() int {
 	return n
 }
 
-// waitRoom blocks while the scheduler holds limit ops or more.
-func (s *scheduler) waitRoom(ctx context.Context, limit int) error {
-	for {
-		s.mu.Lock()
-		if s.count < limit {
-			s.mu.Unlock()
-			return nil
-		}
-		if s.room == nil {
-			s.room = make(chan struct{})
-		}
-		room := s.room
-		s.mu.Unlock()
-		select {
-		case <-room:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-// Running returns the IDs of the ops with a worker.
-func (s *scheduler) Running() map[string]bool {
+// Running counts the ops with a worker, by rule.
+func (s *scheduler) Running() map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ids := map[string]bool{}
+	n := map[string]int{}
 	for _, kq := range s.keys {
 		if kq.busy && len(kq.ops) > 0 {
-			ids[kq.ops[0].ID()] = true
+			n[kq.ops[0].Rule]++
 		}
 	}
-	return ids
+	return n
 }
 
 // Held returns the ops held.

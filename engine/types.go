@@ -135,9 +135,10 @@ type KeyState struct {
 
 // StateStore is the durable record of operations (the bbolt state file).
 type StateStore interface {
-	// Record stores the ops that are not in the store yet and returns them;
-	// ops already recorded (duplicate events) are left as they are. It
-	// returns only after the new ops are durable.
+	// Record stores the ops that are not in the store yet, numbering them
+	// in arrival order (Op.Seq), and returns them; ops already recorded
+	// (duplicate events) are left as they are. It returns only after the
+	// new ops are durable.
 	Record(ctx context.Context, ops []*Op) ([]*Op, error)
 	// Save durably writes an op's new state. When the op completed, the
 	// destination key's KeyState moves forward in the same transaction.
@@ -147,13 +148,21 @@ type StateStore interface {
 	// BeginRun durably marks the store as in use by a running engine and
 	// reports whether the previous run never called EndRun (a crash).
 	BeginRun() (crashed bool, err error)
-	// EndRun records a clean stop: every op that may have been written is
-	// saved with its WriteStarted.
+	// EndRun records a clean stop.
 	EndRun() error
+	// SuspectThrough is the highest Seq recorded when a crash was found:
+	// unfinished ops up to it may have been written without their write
+	// mark being saved.
+	SuspectThrough() (uint64, error)
 	// LastWritten returns the KeyState of a destination key.
 	LastWritten(destKeyID string) (KeyState, bool, error)
-	// Unfinished calls fn for every op that is pending or in flight.
-	Unfinished(fn func(*Op) error) error
+	// Pending returns up to limit unfinished ops of one origin recorded
+	// after Seq after, in arrival order, and whether there are more.
+	Pending(origin Origin, after uint64, limit int) ([]*Op, bool, error)
+	// OldestPending returns the earliest Since() of the unfinished ops.
+	OldestPending() (time.Time, bool, error)
+	// Counts returns the unfinished ops and their bytes, by rule.
+	Counts() (ops, bytes map[string]int64, err error)
 	// Retry puts failed ops (all, or those of the given source keys) back
 	// to pending and returns them.
 	Retry(keys []string) ([]*Op, error)

@@ -25,12 +25,13 @@ import (
 func adminHandler(r *replicator, bf *backfills) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /admin/status", func(w http.ResponseWriter, _ *http.Request) {
-		st, err := r.state.StatusWith(time.Now(), r.engine.Running())
+		st, err := r.state.Status(time.Now())
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
-		st.DaemonRunning = true
+		st.WithRunning(r.engine.Running())
+		st.DaemonRunning, st.IntakePaused = true, r.engine.Paused()
 		writeJSON(w, st)
 	})
 	mux.HandleFunc("POST /admin/retry", func(w http.ResponseWriter, req *http.Request) {

@@ -1,0 +1,259 @@
+package checkpoint
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/s3replicad/s3replicad/engine"
+)
+
+// Ops are stored in a compact binary form: a million of them must fit in a
+// few hundred MB, and JSON spelled every field name in every record. The
+// layout is positional, behind a format byte so that it can change.
+const opFormat = 1
+
+var states = []engine.State{engine.Pending, engine.InFlight, engine.Completed, engine.Failed, engine.Skipped, engine.Superseded}
+
+func stateByte(s engine.State) byte {
+	for i, x := range states {
+		if x == s {
+			return byte(i)
+		}
+	}
+	return 0
+}
+
+func actionByte(a engine.Action) byte {
+	if a == engine.ActionDeleteMarker {
+		return 1
+	}
+	return 0
+}
+
+func originByte(o engine.Origin) byte {
+	if o == engine.OriginBackfill {
+		return 1
+	}
+	return 0
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func appendTime(b []byte, t time.Time) []byte {
+	if t.IsZero() {
+		return binary.AppendVarint(b, 0)
+	}
+	return binary.AppendVarint(b, t.UnixNano())
+}
+
+// encodeOp renders an op. A finished op keeps what identifies it and what
+// status and pruning read; its error, backoff and source ETag go.
+func encodeOp(op *engine.Op) []byte {
+	b := make([]byte, 0, 160+len(op.Key)+len(op.LastError))
+	b = append(b, opFormat, stateByte(op.State), actionByte(op.Action), originByte(op.Origin))
+	for _, s := range []string{op.Rule, op.Bucket, op.Key, op.VersionID, op.Sequencer, op.Dest, op.DestBucket} {
+		b = appendString(b, s)
+	}
+	// The destination key is almost always a prefix and the source key.
+	if prefix, ok := strings.CutSuffix(op.DestKey, op.Key); ok {
+		b = append(b, 1)
+		b = appendString(b, prefix)
+	} else {
+		b = append(b, 0)
+		b = appendString(b, op.DestKey)
+	}
+	finished := op.State == engine.Completed || op.State == engine.Skipped || op.State == engine.Superseded
+	etag, lastError := op.ETag, op.LastError
+	if finished {
+		etag, lastError = "", ""
+	}
+	for _, s := range []string{op.Pass, etag, op.Reason, lastError, op.Replica} {
+		b = appendString(b, s)
+	}
+	b = binary.AppendVarint(b, op.Size)
+	b = binary.AppendUvarint(b, uint64(max(op.Attempts, 0)))
+	next, started := op.NextAttempt, op.WriteStarted
+	if finished {
+		next, started = time.Time{}, time.Time{}
+	}
+	for _, t := range []time.Time{op.EventTime, op.Recorded, next, started, op.Finished} {
+		b = appendTime(b, t)
+	}
+	return b
+}
+
+var errCorrupt = errors.New("corrupt operation record")
+
+// onDecode, when set (by tests), is called for every op record decoded:
+// the scale tests count reads rather than time them.
+var onDecode func()
+
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) byte() byte {
+	if r.err != nil || len(r.b) == 0 {
+		r.err = errCorrupt
+		return 0
+	}
+	c := r.b[0]
+	r.b = r.b[1:]
+	return c
+}
+
+func (r *reader) uvarint() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = errCorrupt
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) varint() int64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.err = errCorrupt
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) string() string {
+	n := r.uvarint()
+	if r.err != nil || n > uint64(len(r.b)) {
+		r.err = errCorrupt
+		return ""
+	}
+	s := string(r.b[:n])
+	r.b = r.b[n:]
+	return s
+}
+
+func (r *reader) time() time.Time {
+	v := r.varint()
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, v)
+}
+
+// decodeOp reads an op stored under seq. It copies what it keeps, so the
+// bytes may belong to a transaction that ends.
+func decodeOp(seq uint64, b []byte) (*engine.Op, error) {
+	if onDecode != nil {
+		onDecode()
+	}
+	r := &reader{b: b}
+	if v := r.byte(); v != opFormat {
+		return nil, fmt.Errorf("operation %d: record format %d, this build reads %d", seq, v, opFormat)
+	}
+	op := &engine.Op{Seq: seq}
+	if s := int(r.byte()); s < len(states) {
+		op.State = states[s]
+	} else {
+		r.err = errCorrupt
+	}
+	op.Action = engine.ActionCopy
+	if r.byte() == 1 {
+		op.Action = engine.ActionDeleteMarker
+	}
+	op.Origin = engine.OriginEvent
+	if r.byte() == 1 {
+		op.Origin = engine.OriginBackfill
+	}
+	op.Rule, op.Bucket, op.Key, op.VersionID = r.string(), r.string(), r.string(), r.string()
+	op.Sequencer, op.Dest, op.DestBucket = r.string(), r.string(), r.string()
+	if r.byte() == 1 {
+		op.DestKey = r.string() + op.Key
+	} else {
+		op.DestKey = r.string()
+	}
+	op.Pass, op.ETag, op.Reason, op.LastError, op.Replica = r.string(), r.string(), r.string(), r.string(), r.string()
+	op.Size = r.varint()
+	op.Attempts = int(r.uvarint())
+	op.EventTime, op.Recorded, op.NextAttempt, op.WriteStarted, op.Finished = r.time(), r.time(), r.time(), r.time(), r.time()
+	if r.err != nil {
+		return nil, fmt.Errorf("operation %d: %w", seq, r.err)
+	}
+	return op, nil
+}
+
+// keyState is what was last written to a destination key, and by which op
+// (so that pruning that op can forget it).
+type keyState struct {
+	engine.KeyState
+	Seq uint64
+}
+
+func encodeKeyState(k keyState) []byte {
+	b := appendString(nil, k.Sequencer)
+	b = appendString(b, k.VersionID)
+	return binary.AppendUvarint(b, k.Seq)
+}
+
+func decodeKeyState(b []byte) (keyState, error) {
+	r := &reader{b: b}
+	k := keyState{KeyState: engine.KeyState{Sequencer: r.string(), VersionID: r.string()}, Seq: r.uvarint()}
+	if r.err != nil {
+		return keyState{}, fmt.Errorf("key state: %w", r.err)
+	}
+	return k, nil
+}
+
+// Keys of the index buckets. Long identifiers (a key can be 1,024 bytes)
+// are hashed: SHA-256 truncated to 128 bits, which no object key can be
+// chosen to collide with.
+
+func hash16(s string) []byte {
+	h := sha256.Sum256([]byte(s))
+	return h[:16]
+}
+
+// idKey indexes an op by its identity: the version it copies (16 bytes,
+// so that every pass of a version is found by prefix) and the rest of its
+// ID (pass, or the sequencer of a null version).
+func idKey(op *engine.Op) []byte {
+	base := engine.OpID(op.Rule, op.Bucket, op.Key, op.VersionID)
+	return idKeyOf(base, strings.TrimPrefix(op.ID(), base))
+}
+
+func idKeyOf(base, rest string) []byte {
+	k := make([]byte, 0, 24)
+	k = append(k, hash16(base)...)
+	h := sha256.Sum256([]byte(rest))
+	return append(k, h[:8]...)
+}
+
+func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
+
+func seqOf(k []byte) uint64 { return binary.BigEndian.Uint64(k[len(k)-8:]) }
+
+// pendingKey orders unfinished ops by class (live events before backfill),
+// then arrival.
+func pendingKey(op *engine.Op, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{originByte(op.Origin)}, seq)
+}
+
+// finishedKey orders finished ops by when they finished, for pruning.
+func finishedKey(t time.Time, seq uint64) []byte {
+	k := binary.BigEndian.AppendUint64(nil, uint64(max(t.UnixNano(), 0)))
+	return binary.BigEndian.AppendUint64(k, seq)
+}
