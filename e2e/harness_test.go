@@ -102,6 +102,10 @@ type worldOpts struct {
 	// proxies); the test's own clients still talk to the servers.
 	srcEndpoint, dstEndpoint, sqsEndpoint string
 	visibility                            string // queue.visibility_timeout (default 20s)
+	// unversionedSource puts the source bucket on the server without
+	// versioning support.
+	unversionedSource bool
+	stateDir          string // default: a temporary directory
 }
 
 const defaultRules = `
@@ -122,7 +126,13 @@ func newWorld(t *testing.T, o worldOpts) *world {
 		w.dst, destEndpoint = w.src, env.Source
 	}
 	w.srcBucket, w.dstBucket = uniqueName("src"), uniqueName("dst")
-	must(t, testenv.CreateBucket(ctx, w.src, w.srcBucket, true))
+	if o.unversionedSource {
+		w.src = testenv.S3(env.Unversioned)
+		if o.srcEndpoint == "" {
+			o.srcEndpoint = env.Unversioned
+		}
+	}
+	must(t, testenv.CreateBucket(ctx, w.src, w.srcBucket, !o.unversionedSource))
 	must(t, testenv.CreateBucket(ctx, w.dst, w.dstBucket, true))
 	if o.maxReceives == 0 {
 		o.maxReceives = 50
@@ -150,6 +160,9 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	}
 	if o.visibility == "" {
 		o.visibility = "20s"
+	}
+	if o.stateDir == "" {
+		o.stateDir = filepath.Join(w.dir, "state")
 	}
 	cfg := fmt.Sprintf(`state_dir: %s
 listen: %s
@@ -179,7 +192,7 @@ rules:
 %s
 transfer:
 %s
-%s`, filepath.Join(w.dir, "state"), w.listen, w.queueURL, sqsEndpoint, o.visibility, srcEndpoint, destEndpoint, o.destExtra,
+%s`, o.stateDir, w.listen, w.queueURL, sqsEndpoint, o.visibility, srcEndpoint, destEndpoint, o.destExtra,
 		strings.TrimPrefix(fmt.Sprintf(o.rules, w.srcBucket, w.dstBucket), "\n"), o.transfer, o.extra)
 	w.configPath = filepath.Join(w.dir, "config.yaml")
 	must(t, os.WriteFile(w.configPath, []byte(cfg), 0o600))

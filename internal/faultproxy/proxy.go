@@ -44,10 +44,13 @@ const (
 	Error500After
 	// Latency delays the request by Fault.Delay, then forwards it.
 	Latency
+	// NotFound answers a bare 404 without S3's error document, as a wrong
+	// endpoint or a proxy in the way does.
+	NotFound
 )
 
 func (k Kind) String() string {
-	return [...]string{"pass", "refuse", "stall", "reset", "slowdown", "500", "500-after", "latency"}[k]
+	return [...]string{"pass", "refuse", "stall", "reset", "slowdown", "500", "500-after", "latency", "404"}[k]
 }
 
 // Fault is what the proxy does to the requests it matches.
@@ -231,6 +234,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		s3Error(w, http.StatusServiceUnavailable, "SlowDown", "Please reduce your request rate.")
 	case Error500:
 		s3Error(w, http.StatusInternalServerError, "InternalError", "We encountered an internal error. Please try again.")
+	case NotFound:
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusNotFound)
+		fmt.Fprint(w, "<html><body>404 Not Found</body></html>")
 	case Error500After:
 		rec := &discard{header: http.Header{}}
 		p.rp.ServeHTTP(rec, r)
