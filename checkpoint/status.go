@@ -102,10 +102,16 @@ func newCounts() map[engine.State]int64 {
 	return c
 }
 
+// EmptyStatus is the status of a daemon that has recorded nothing yet (no
+// state file).
+func EmptyStatus(now time.Time) *Status {
+	return &Status{Counts: newCounts(), Rules: map[string]RuleStatus{}, Failed: []FailedItem{}, Backfill: map[string]Cursor{}, GeneratedAt: now.UTC()}
+}
+
 // Status summarises the state file from its counters and indexes: it reads
 // the same few pages whatever the number of operations.
 func (s *Store) Status(now time.Time) (*Status, error) {
-	st := &Status{Counts: newCounts(), Rules: map[string]RuleStatus{}, Failed: []FailedItem{}, Backfill: map[string]Cursor{}, GeneratedAt: now.UTC()}
+	st := EmptyStatus(now)
 	err := s.db.View(func(t *bolt.Tx) error {
 		x := wrap(t)
 		err := t.Bucket(bucketStats).ForEach(func(k, v []byte) error {

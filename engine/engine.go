@@ -193,8 +193,21 @@ func New(cfg Config) (*Engine, error) {
 
 // Ready reports whether the engine has loaded its backlog, its state disk
 // is not full and, when it has a queue, it received from it successfully
-// in the last few wait periods.
-func (e *Engine) Ready() bool { return e.ready.Load() && !e.paused.Load() }
+// in the last few wait periods; when not, it says why.
+func (e *Engine) Ready() (bool, string) {
+	switch {
+	case e.paused.Load():
+		return false, "the state file's disk is full; intake is paused"
+	case !e.ready.Load():
+		select {
+		case <-e.loaded:
+			return false, "the queue does not answer"
+		default:
+			return false, "loading the backlog"
+		}
+	}
+	return true, ""
+}
 
 // Run loads unfinished work from the state file, then receives and
 // replicates until ctx ends.

@@ -1,6 +1,7 @@
 // Package metrics owns the process's private Prometheus registry and the
-// HTTP server that exposes /metrics, /healthz, /readyz, and the local admin
-// and profiling endpoints.
+// HTTP servers: the read-only one on `listen` (/metrics, /healthz,
+// /readyz) and the admin one on a unix socket that only the daemon's own
+// user (and root) can reach.
 package metrics
 
 import (
@@ -10,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,16 +30,17 @@ func NewRegistry() *prometheus.Registry {
 	return reg
 }
 
-// Server serves the registry and health endpoints on a private mux.
+// Server is an HTTP server on a private mux, with a lifecycle.
 type Server struct {
 	ln  net.Listener
 	srv *http.Server
 }
 
-// NewServer binds addr at once so that a port conflict is reported at start.
-// ready answers /readyz; admin, when not nil, is mounted under /admin/ for
-// loopback clients only.
-func NewServer(addr string, reg *prometheus.Registry, ready func() bool, admin http.Handler) (*Server, error) {
+// NewServer binds addr at once, so that a port conflict is reported at
+// start, and serves /metrics, /healthz and /readyz there: read-only
+// endpoints that reveal nothing but the metrics and change nothing. Every
+// other path is 404; every method but GET and HEAD is refused.
+func NewServer(addr string, reg *prometheus.Registry, ready func() (bool, string)) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
@@ -47,19 +51,45 @@ func NewServer(addr string, reg *prometheus.Registry, ready func() bool, admin h
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if ready != nil && !ready() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
+		if ok, why := ready(); !ok {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	if admin != nil {
-		mux.Handle("/admin/", loopbackOnly(admin))
+	return &Server{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
+}
+
+// NewAdminServer serves h, and the profiles, on a unix socket at path,
+// which only the daemon's own user and root can open (mode 0600, in a
+// 0700 state directory). A socket left by a process that died is
+// replaced; one that answers belongs to a running daemon, and is an error.
+func NewAdminServer(path string, h http.Handler) (*Server, error) {
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("admin socket %s answers: another daemon is running with this state_dir", path)
+	} else if _, serr := os.Lstat(path); serr == nil {
+		if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ENOENT) {
+			return nil, fmt.Errorf("admin socket %s: %w", path, err)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove the stale admin socket %s: %w", path, err)
+		}
 	}
-	// Profiles for diagnosing a slow or hungry daemon, loopback only.
-	mux.Handle("/debug/pprof/", loopbackOnly(http.HandlerFunc(pprof.Index)))
-	mux.Handle("/debug/pprof/profile", loopbackOnly(http.HandlerFunc(pprof.Profile)))
-	mux.Handle("/debug/pprof/trace", loopbackOnly(http.HandlerFunc(pprof.Trace)))
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/", h)
+	// Profiles for diagnosing a slow or hungry daemon: here only.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return &Server{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
 }
 
@@ -86,17 +116,4 @@ func (s *Server) Run(ctx context.Context) error {
 		return e
 	}
 	return nil
-}
-
-// loopbackOnly refuses admin requests that do not come from this host,
-// whatever address the server listens on.
-func loopbackOnly(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		host, _, err := net.SplitHostPort(r.RemoteAddr)
-		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
-			http.Error(w, "admin endpoints answer loopback clients only", http.StatusForbidden)
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
 }

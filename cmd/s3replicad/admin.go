@@ -7,11 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -20,11 +23,18 @@ import (
 )
 
 // The state file has one writer. While `run` holds it, status, retry and
-// backfill go through these loopback-only endpoints on `listen`.
+// backfill reach the daemon over a unix socket in state_dir (admin.sock,
+// mode 0600 in a 0700 directory): only the daemon's own user and root can
+// use them. Without a daemon they open the state file themselves.
+
+// AdminSocketName is the admin socket's name inside state_dir.
+const AdminSocketName = "admin.sock"
+
+func adminSocket(cfg *Config) string { return filepath.Join(cfg.StateDir, AdminSocketName) }
 
 func adminHandler(r *replicator, bf *backfills) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /admin/status", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		st, err := r.state.Status(time.Now())
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
@@ -34,7 +44,7 @@ func adminHandler(r *replicator, bf *backfills) http.Handler {
 		st.DaemonRunning, st.IntakePaused = true, r.engine.Paused()
 		writeJSON(w, st)
 	})
-	mux.HandleFunc("POST /admin/retry", func(w http.ResponseWriter, req *http.Request) {
+	mux.HandleFunc("POST /retry", func(w http.ResponseWriter, req *http.Request) {
 		var body retryRequest
 		if err := json.NewDecoder(io.LimitReader(req.Body, 16<<20)).Decode(&body); err != nil {
 			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
@@ -47,7 +57,7 @@ func adminHandler(r *replicator, bf *backfills) http.Handler {
 		}
 		writeJSON(w, retryResponse{Retried: n})
 	})
-	mux.HandleFunc("POST /admin/backfill", func(w http.ResponseWriter, req *http.Request) {
+	mux.HandleFunc("POST /backfill", func(w http.ResponseWriter, req *http.Request) {
 		p, err := bf.start(req.URL.Query().Get("rule"))
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
@@ -55,7 +65,7 @@ func adminHandler(r *replicator, bf *backfills) http.Handler {
 		}
 		writeJSON(w, p)
 	})
-	mux.HandleFunc("GET /admin/backfill", func(w http.ResponseWriter, req *http.Request) {
+	mux.HandleFunc("GET /backfill", func(w http.ResponseWriter, req *http.Request) {
 		p, ok := bf.progress(req.URL.Query().Get("id"))
 		if !ok {
 			http.Error(w, "no such backfill", http.StatusNotFound)
@@ -81,18 +91,40 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = enc.Encode(v)
 }
 
-// adminURL is where a running daemon answers, from the config's listen.
-func adminURL(cfg *Config, path string) string {
-	host, port, _ := net.SplitHostPort(cfg.Listen)
-	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
-		host = "127.0.0.1"
-	}
-	return "http://" + net.JoinHostPort(host, port) + path
+// daemon is a running daemon, reached through its admin socket.
+type daemon struct {
+	socket string
+	hc     *http.Client
 }
 
-var adminClient = &http.Client{Timeout: 30 * time.Second}
+// findDaemon returns the running daemon, nil when none runs (no socket,
+// or one left by a daemon that died), or an error when the socket exists
+// but cannot be used: a permission problem is never taken for "no daemon".
+func findDaemon(cfg *Config) (*daemon, error) {
+	path := adminSocket(cfg)
+	if _, err := os.Lstat(path); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("admin socket %s: %w (status, retry and backfill need the daemon's user or root)", path, err)
+	}
+	conn, err := net.DialTimeout("unix", path, 2*time.Second)
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, nil // stale: the daemon that made it is gone
+		}
+		return nil, fmt.Errorf("admin socket %s: %w (status, retry and backfill need the daemon's user or root)", path, err)
+	}
+	conn.Close()
+	return &daemon{socket: path, hc: &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}}, nil
+}
 
-func adminCall(ctx context.Context, cfg *Config, method, path string, in, out any) error {
+func (d *daemon) call(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
 		raw, err := json.Marshal(in)
@@ -101,13 +133,13 @@ func adminCall(ctx context.Context, cfg *Config, method, path string, in, out an
 		}
 		body = bytes.NewReader(raw)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, adminURL(cfg, path), body)
+	req, err := http.NewRequestWithContext(ctx, method, "http://s3replicad"+path, body)
 	if err != nil {
 		return err
 	}
-	resp, err := adminClient.Do(req)
+	resp, err := d.hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("the state file is locked by a running daemon, but its admin endpoint on %s does not answer: %w", cfg.Listen, err)
+		return fmt.Errorf("the daemon on %s does not answer: %w", d.socket, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -117,23 +149,27 @@ func adminCall(ctx context.Context, cfg *Config, method, path string, in, out an
 	return json.NewDecoder(resp.Body).Decode(out)
 }
 
-// withState runs fn on the state file when no daemon holds it; it reports
-// false when the daemon does, so the caller goes through the admin endpoint.
-func withState(cfg *Config, readOnly bool, fn func(*checkpoint.Store) error) (bool, error) {
-	st, err := checkpoint.Open(cfg.StateDir, checkpoint.Options{ReadOnly: readOnly, Timeout: 300 * time.Millisecond})
-	if errors.Is(err, checkpoint.ErrLocked) {
+// stateFileExists tells whether there is a state file to read; a state
+// directory or file that exists but cannot be looked at is an error.
+func stateFileExists(cfg *Config) (bool, error) {
+	path := filepath.Join(cfg.StateDir, checkpoint.FileName)
+	_, err := os.Stat(path)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, fs.ErrNotExist):
 		return false, nil
 	}
-	if err != nil {
-		return true, err
-	}
-	defer st.Close()
-	return true, fn(st)
+	return false, fmt.Errorf("state file %s: %w", path, err)
 }
 
-func stateExists(cfg *Config) bool {
-	_, err := os.Stat(cfg.StateDir + "/" + checkpoint.FileName)
-	return err == nil
+// openLocal opens the state file when no daemon runs.
+func openLocal(cfg *Config, readOnly bool) (*checkpoint.Store, error) {
+	st, err := checkpoint.Open(cfg.StateDir, checkpoint.Options{ReadOnly: readOnly, Timeout: time.Second})
+	if errors.Is(err, checkpoint.ErrLocked) {
+		return nil, fmt.Errorf("%w, but no daemon answers on %s: is a backfill running?", err, adminSocket(cfg))
+	}
+	return st, err
 }
 
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -143,21 +179,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	var st *checkpoint.Status
-	if !stateExists(cfg) {
-		st, err = emptyStatus()
-	} else {
-		var local bool
-		local, err = withState(cfg, true, func(s *checkpoint.Store) error {
-			var e error
-			st, e = s.Status(time.Now())
-			return e
-		})
-		if err == nil && !local {
-			st = new(checkpoint.Status)
-			err = adminCall(ctx, cfg, http.MethodGet, "/admin/status", nil, st)
-		}
-	}
+	st, err := status(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
@@ -170,13 +192,24 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return nil
 }
 
-func emptyStatus() (*checkpoint.Status, error) {
-	dir, err := os.MkdirTemp("", "s3replicad-status-")
+// status asks the running daemon first, then reads the state file.
+func status(ctx context.Context, cfg *Config) (*checkpoint.Status, error) {
+	d, err := findDaemon(cfg)
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	s, err := checkpoint.Open(dir, checkpoint.Options{})
+	if d != nil {
+		st := new(checkpoint.Status)
+		return st, d.call(ctx, http.MethodGet, "/status", nil, st)
+	}
+	exists, err := stateFileExists(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if !exists {
+		return checkpoint.EmptyStatus(time.Now()), nil
+	}
+	s, err := openLocal(cfg, true)
 	if err != nil {
 		return nil, err
 	}
@@ -261,21 +294,7 @@ func cmdRetry(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *all == (len(keys) > 0) {
 		return &usageError{"retry: give either -all or one or more KEYs"}
 	}
-	if !stateExists(cfg) {
-		fmt.Fprintln(stdout, "retried 0 failed operations (no state file yet)")
-		return nil
-	}
-	var n int
-	local, err := withState(cfg, false, func(s *checkpoint.Store) error {
-		ops, err := s.Retry(keys)
-		n = len(ops)
-		return err
-	})
-	if err == nil && !local {
-		var resp retryResponse
-		err = adminCall(ctx, cfg, http.MethodPost, "/admin/retry", retryRequest{Keys: keys}, &resp)
-		n = resp.Retried
-	}
+	n, err := retry(ctx, cfg, keys)
 	if err != nil {
 		return fmt.Errorf("retry: %w", err)
 	}
@@ -284,4 +303,27 @@ func cmdRetry(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("retry: no failed operation for %s", strings.Join(keys, ", "))
 	}
 	return nil
+}
+
+func retry(ctx context.Context, cfg *Config, keys []string) (int, error) {
+	d, err := findDaemon(cfg)
+	if err != nil {
+		return 0, err
+	}
+	if d != nil {
+		var resp retryResponse
+		err := d.call(ctx, http.MethodPost, "/retry", retryRequest{Keys: keys}, &resp)
+		return resp.Retried, err
+	}
+	exists, err := stateFileExists(cfg)
+	if err != nil || !exists {
+		return 0, err
+	}
+	s, err := openLocal(cfg, false)
+	if err != nil {
+		return 0, err
+	}
+	defer s.Close()
+	ops, err := s.Retry(keys)
+	return len(ops), err
 }

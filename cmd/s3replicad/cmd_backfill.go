@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"sync"
@@ -278,16 +279,16 @@ func cmdBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	show := newProgressPrinter(stderr, "backfill")
-	local, err := withState(cfg, false, func(*checkpoint.Store) error { return nil })
+	d, err := findDaemon(cfg)
 	if err != nil {
 		return err
 	}
 	var final *backfillProgress
-	if local {
+	if d == nil {
 		final, err = backfillHere(ctx, cfg, log, *ruleID, show)
 	} else {
-		log.Info("a daemon holds the state file: the backfill runs inside it")
-		final, err = backfillInDaemon(ctx, cfg, *ruleID, show)
+		log.Info("a daemon is running: the backfill runs inside it")
+		final, err = backfillInDaemon(ctx, d, *ruleID, show)
 	}
 	if err != nil {
 		return err
@@ -334,18 +335,18 @@ func backfillHere(ctx context.Context, cfg *Config, log *slog.Logger, ruleID str
 	}
 }
 
-func backfillInDaemon(ctx context.Context, cfg *Config, ruleID string, show func(*backfillProgress)) (*backfillProgress, error) {
+func backfillInDaemon(ctx context.Context, d *daemon, ruleID string, show func(*backfillProgress)) (*backfillProgress, error) {
 	var p backfillProgress
-	path := "/admin/backfill"
+	path := "/backfill"
 	if ruleID != "" {
-		path += "?rule=" + ruleID
+		path += "?rule=" + url.QueryEscape(ruleID)
 	}
-	if err := adminCall(ctx, cfg, http.MethodPost, path, nil, &p); err != nil {
+	if err := d.call(ctx, http.MethodPost, path, nil, &p); err != nil {
 		return nil, err
 	}
 	for {
 		var cur backfillProgress
-		if err := adminCall(ctx, cfg, http.MethodGet, "/admin/backfill?id="+p.ID, nil, &cur); err != nil {
+		if err := d.call(ctx, http.MethodGet, "/backfill?id="+url.QueryEscape(p.ID), nil, &cur); err != nil {
 			return nil, err
 		}
 		show(&cur)

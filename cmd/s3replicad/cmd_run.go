@@ -134,11 +134,15 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer r.state.Close()
 
 	bf := newBackfills(r)
-	srv, err := metrics.NewServer(cfg.Listen, r.reg, r.engine.Ready, adminHandler(r, bf))
+	srv, err := metrics.NewServer(cfg.Listen, r.reg, r.engine.Ready)
 	if err != nil {
 		return err
 	}
-	log.Info("s3replicad starting", "version", version, "listen", srv.Addr(), "state", r.state.Path(),
+	admin, err := metrics.NewAdminServer(adminSocket(cfg), adminHandler(r, bf))
+	if err != nil {
+		return err
+	}
+	log.Info("s3replicad starting", "version", version, "listen", srv.Addr(), "admin", adminSocket(cfg), "state", r.state.Path(),
 		"queue", cfg.Queue.URL, "rules", len(cfg.Rules), "workers", cfg.Transfer.Workers,
 		"buffer_memory", humanBytes(int64(cfg.Transfer.BufferMemory)))
 	for name, on := range cfg.ServerSideCopy() {
@@ -161,6 +165,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.engine.Run(gctx) })
 	g.Go(func() error { return srv.Run(gctx) })
+	g.Go(func() error { return admin.Run(gctx) })
 	g.Go(func() error { bf.run(gctx); return nil })
 	g.Go(func() error { r.prune(gctx); return nil })
 	notifySystemd("READY=1")
