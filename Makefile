@@ -4,7 +4,7 @@ DESTDIR ?=
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO      ?= go
 
-.PHONY: build test testenv fuzz demo bench install clean
+.PHONY: build test testenv fuzz demo bench soak install clean
 
 build:
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/s3replicad ./cmd/s3replicad
@@ -24,6 +24,13 @@ fuzz:
 
 demo: testenv build
 	$(GO) run ./internal/demo
+
+# The kill loop at length: KILLS kill -9s (default 50) while a mixed
+# workload is replicated, then the strict exact-replica check.
+# SEED=N replays a run (the seed is printed).
+KILLS ?= 50
+soak: testenv
+	CI=true S3REPLICAD_KILLS=$(KILLS) S3REPLICAD_KILL_SEED=$(SEED) $(GO) test -count=1 -timeout 30m -run 'TestKillLoop' -v ./e2e/ | grep -E 'kill loop|^(---|ok|FAIL|PASS)'
 
 # s3replicad against rclone between the local servers; see README.
 # BENCHFLAGS passes options, e.g. BENCHFLAGS='-rounds 5 -memcheck-size 0'.

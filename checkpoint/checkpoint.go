@@ -385,13 +385,15 @@ func (x *tx) advanceKey(op *engine.Op) error {
 			return err
 		}
 	}
-	if op.Sequencer == "" && last.Sequencer != "" {
-		return nil
+	// The last replica is whatever was written last; the newest version
+	// moves forward only.
+	next := last
+	next.LastReplica = op.Replica
+	if (op.Sequencer != "" || last.Sequencer == "") &&
+		(last.Sequencer == "" || event.CompareSequencer(op.Sequencer, last.Sequencer) >= 0) {
+		next.Sequencer, next.VersionID, next.Seq = op.Sequencer, op.VersionID, op.Seq
 	}
-	if last.Sequencer != "" && event.CompareSequencer(op.Sequencer, last.Sequencer) < 0 {
-		return nil
-	}
-	return x.keys.Put(k, encodeKeyState(keyState{KeyState: engine.KeyState{Sequencer: op.Sequencer, VersionID: op.VersionID}, Seq: op.Seq}))
+	return x.keys.Put(k, encodeKeyState(next))
 }
 
 // BeginRun implements engine.StateStore.

@@ -206,12 +206,16 @@ type keyState struct {
 func encodeKeyState(k keyState) []byte {
 	b := appendString(nil, k.Sequencer)
 	b = appendString(b, k.VersionID)
-	return binary.AppendUvarint(b, k.Seq)
+	b = binary.AppendUvarint(b, k.Seq)
+	return appendString(b, k.LastReplica)
 }
 
 func decodeKeyState(b []byte) (keyState, error) {
 	r := &reader{b: b}
 	k := keyState{KeyState: engine.KeyState{Sequencer: r.string(), VersionID: r.string()}, Seq: r.uvarint()}
+	if len(r.b) > 0 {
+		k.LastReplica = r.string()
+	}
 	if r.err != nil {
 		return keyState{}, fmt.Errorf("key state: %w", r.err)
 	}

@@ -47,6 +47,10 @@ func TestFindReplicaOnARealStore(t *testing.T) {
 	if v, ok := find(engine.ActionDeleteMarker, "dm1", ""); !ok || v != dm1 {
 		t.Fatalf("delete marker %s not found as the newest version (got %q, %v)", dm1, v, ok)
 	}
+	// A marker known to be an earlier write's is not this one's.
+	if _, ok, err := st.FindReplica(w.ctx, w.dstBucket, "k", engine.ActionDeleteMarker, engine.ReplicaOf{NotMarker: dm1}, since); err != nil || ok {
+		t.Fatalf("an earlier write's marker %s was taken for a later delete's (%v)", dm1, err)
+	}
 	v2 := put("s2")
 	if v, ok := find(engine.ActionDeleteMarker, "dm2", ""); ok {
 		t.Fatalf("an earlier delete's marker %s was taken for a later delete's", v)

@@ -106,6 +106,7 @@ type worldOpts struct {
 	// versioning support.
 	unversionedSource bool
 	stateDir          string // default: a temporary directory
+	waitTime          string // queue.wait_time (default 1s)
 }
 
 const defaultRules = `
@@ -161,6 +162,9 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	if o.visibility == "" {
 		o.visibility = "20s"
 	}
+	if o.waitTime == "" {
+		o.waitTime = "1s"
+	}
 	if o.stateDir == "" {
 		o.stateDir = filepath.Join(w.dir, "state")
 	}
@@ -174,7 +178,7 @@ queue:
   region: us-east-1
   access_key_id: ${TEST_AK}
   secret_access_key: ${TEST_SK}
-  wait_time: 1s
+  wait_time: %s
   visibility_timeout: %s
 source:
   endpoint: %s
@@ -192,7 +196,7 @@ rules:
 %s
 transfer:
 %s
-%s`, o.stateDir, w.listen, w.queueURL, sqsEndpoint, o.visibility, srcEndpoint, destEndpoint, o.destExtra,
+%s`, o.stateDir, w.listen, w.queueURL, sqsEndpoint, o.waitTime, o.visibility, srcEndpoint, destEndpoint, o.destExtra,
 		strings.TrimPrefix(fmt.Sprintf(o.rules, w.srcBucket, w.dstBucket), "\n"), o.transfer, o.extra)
 	w.configPath = filepath.Join(w.dir, "config.yaml")
 	must(t, os.WriteFile(w.configPath, []byte(cfg), 0o600))

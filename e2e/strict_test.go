@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -13,6 +14,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/s3replicad/s3replicad/checkpoint"
+	"github.com/s3replicad/s3replicad/engine"
 	"github.com/s3replicad/s3replicad/internal/testenv"
 )
 
@@ -97,6 +100,12 @@ func digest(w *world, c *s3.Client, bucket, key, version string) (string, error)
 	return fmt.Sprintf("%x", h.Sum(nil)), nil
 }
 
+// missingVersion is a source version (or delete marker) with no replica.
+type missingVersion struct {
+	key, version string
+	marker       bool
+}
+
 // replicaProblems compares the destination with the source for keys, as
 // strictly as the contract asks, and lists what is wrong (nothing when the
 // destination is an exact replica):
@@ -106,8 +115,13 @@ func digest(w *world, c *s3.Client, bucket, key, version string) (string, error)
 //   - one destination delete marker per source delete marker (the rules of
 //     these tests replicate them) and the marker current where it is on
 //     the source.
-func replicaProblems(w *world, keys []string) []string {
+//
+// Versions with no replica at all are returned apart: guarantee 4 lets an
+// older version whose event came after a newer one was written be
+// superseded, which the caller checks in the state file.
+func replicaProblems(w *world, keys []string) ([]string, []missingVersion) {
 	var problems []string
+	var missing []missingVersion
 	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 	for _, key := range keys {
 		src, err := listVersions(w, w.src, w.srcBucket, key)
@@ -146,10 +160,10 @@ func replicaProblems(w *world, keys []string) []string {
 				dstCurrentSource = sv
 			}
 		}
-		srcMarkers := 0
+		var srcMarkers []listed
 		for _, v := range src {
 			if v.marker {
-				srcMarkers++
+				srcMarkers = append(srcMarkers, v)
 				if v.latest && (dstCurrent == nil || !dstCurrent.marker) {
 					bad("%s: deleted on the source (marker %s current) but not on the destination", key, v.id)
 				}
@@ -162,7 +176,11 @@ func replicaProblems(w *world, keys []string) []string {
 			got := replicas[id]
 			switch {
 			case len(got) == 0:
-				bad("%s: source version %s has no replica", key, id)
+				if v.latest {
+					bad("%s: the current source version %s has no replica", key, id)
+				} else {
+					missing = append(missing, missingVersion{key: key, version: v.id})
+				}
 				continue
 			case len(got) > 1:
 				bad("%s: source version %s has %d replicas: %v", key, id, len(got), got)
@@ -182,11 +200,18 @@ func replicaProblems(w *world, keys []string) []string {
 		for sv, ids := range replicas {
 			bad("%s: destination versions %v replicate %s, which the source does not have", key, ids, sv)
 		}
-		if dstMarkers != srcMarkers {
-			bad("%s: %d delete markers on the destination, %d on the source", key, dstMarkers, srcMarkers)
+		switch {
+		case dstMarkers > len(srcMarkers):
+			bad("%s: %d delete markers on the destination, %d on the source", key, dstMarkers, len(srcMarkers))
+		case dstMarkers < len(srcMarkers):
+			// Which marker went unreplicated cannot be read off the
+			// destination: the state file tells (see checkSuperseded).
+			for _, m := range srcMarkers[:len(srcMarkers)-dstMarkers] {
+				missing = append(missing, missingVersion{key: key, version: m.id, marker: true})
+			}
 		}
 	}
-	return problems
+	return problems, missing
 }
 
 // statusCounts runs `status -json` and returns its counts.
@@ -210,10 +235,22 @@ func (w *world) statusCounts() (map[string]int64, error) {
 // wrong when within does not suffice.
 func (w *world) waitExact(keys []string, within time.Duration) time.Duration {
 	w.t.Helper()
+	took, missing := w.waitReplica(keys, within)
+	if len(missing) > 0 {
+		w.t.Fatalf("%d source versions have no replica, e.g. %s@%s", len(missing), missing[0].key, missing[0].version)
+	}
+	return took
+}
+
+// waitReplica is waitExact that lets source versions without a replica
+// through, for the caller to check that each was superseded.
+func (w *world) waitReplica(keys []string, within time.Duration) (time.Duration, []missingVersion) {
+	w.t.Helper()
 	start := time.Now()
 	var last []string
 	for time.Since(start) < within {
-		last = replicaProblems(w, keys)
+		var missing []missingVersion
+		last, missing = replicaProblems(w, keys)
 		if len(last) == 0 {
 			counts, err := w.statusCounts()
 			switch {
@@ -224,12 +261,78 @@ func (w *world) waitExact(keys []string, within time.Duration) time.Duration {
 			case counts["failed"] > 0 || counts["skipped"] > 0:
 				w.t.Fatalf("%d operations failed and %d were skipped: %v", counts["failed"], counts["skipped"], counts)
 			default:
-				return time.Since(start)
+				return time.Since(start), missing
 			}
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
 	slices.Sort(last)
 	w.t.Fatalf("not an exact replica %v after the fault ended:\n  %s", within, strings.Join(last, "\n  "))
-	return 0
+	return 0, nil
+}
+
+// checkSuperseded opens the state file (the daemon stopped) and requires
+// every version in missing to have been recorded as superseded: an older
+// version whose event came after a newer one was written (guarantee 4).
+// Delete markers are counted per key.
+func (w *world) checkSuperseded(missing []missingVersion) {
+	w.t.Helper()
+	st, err := checkpoint.Open(filepath.Join(w.dir, "state"), checkpoint.Options{ReadOnly: true})
+	must(w.t, err)
+	defer st.Close()
+	markers := map[string]int{}
+	for _, m := range missing {
+		if m.marker {
+			markers[m.key]++
+			continue
+		}
+		ops, err := st.OpsOf("all", w.srcBucket, m.key, m.version)
+		must(w.t, err)
+		if len(ops) != 1 || ops[0].State != engine.Superseded {
+			w.t.Errorf("%s@%s has no replica and was not superseded: %v", m.key, m.version, ops)
+		}
+	}
+	for key, n := range markers {
+		src, err := listVersions(w, w.src, w.srcBucket, key)
+		must(w.t, err)
+		superseded := 0
+		for _, v := range src {
+			if !v.marker {
+				continue
+			}
+			ops, err := st.OpsOf("all", w.srcBucket, key, v.id)
+			must(w.t, err)
+			if len(ops) != 1 {
+				continue
+			}
+			// versitygw, unlike S3, makes no marker when the key has no
+			// version on the destination (an earlier version superseded):
+			// the delete then returns no version id, and the key is absent
+			// there as it is on the source.
+			if ops[0].State == engine.Superseded || ops[0].State == engine.Completed && ops[0].Replica == "" {
+				superseded++
+			}
+		}
+		if superseded != n {
+			w.t.Errorf("%s: %d delete markers have no replica, %d were superseded", key, n, superseded)
+			w.dumpKey(st, key)
+		}
+	}
+}
+
+// dumpKey logs a key's versions on both sides and its ops, for a failure.
+func (w *world) dumpKey(st *checkpoint.Store, key string) {
+	src, _ := listVersions(w, w.src, w.srcBucket, key)
+	dst, _ := listVersions(w, w.dst, w.dstBucket, key)
+	for _, v := range src {
+		ops, _ := st.OpsOf("all", w.srcBucket, key, v.id)
+		line := fmt.Sprintf("source %s marker=%v latest=%v %s:", v.id, v.marker, v.latest, v.modified.Format("15:04:05.000"))
+		for _, op := range ops {
+			line += fmt.Sprintf(" [%s seq=%d replica=%s finished=%s reason=%q]", op.State, op.Seq, op.Replica, op.Finished.Format("15:04:05.000"), op.Reason)
+		}
+		w.t.Log(line)
+	}
+	for _, v := range dst {
+		w.t.Logf("destination %s marker=%v latest=%v %s", v.id, v.marker, v.latest, v.modified.Format("15:04:05.000"))
+	}
 }

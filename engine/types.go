@@ -127,10 +127,16 @@ func (o *Op) String() string {
 	return fmt.Sprintf("%s/%s@%s", o.Bucket, o.Key, v)
 }
 
-// KeyState is what was last written to a destination key.
+// KeyState is what was last written to a destination key: the newest
+// source version by sequencer, and the replica of the last write, whatever
+// it was.
 type KeyState struct {
 	Sequencer string `json:"sequencer"`
 	VersionID string `json:"version_id"`
+	// LastReplica is the destination version id of the last write to the
+	// key: a delete marker looking for its own replica after a crash must
+	// not take an earlier write's marker for it.
+	LastReplica string `json:"last_replica,omitempty"`
 }
 
 // StateStore is the durable record of operations (the bbolt state file).
@@ -298,6 +304,9 @@ type ReplicaOf struct {
 	// Sequencer tells one write of a null version from the next; set for
 	// null versions only.
 	Sequencer string
+	// NotMarker is a delete marker known to be an earlier write's replica:
+	// delete markers carry no metadata, so it cannot be this one's.
+	NotMarker string
 }
 
 // Matches reports whether a version's user metadata marks it as this

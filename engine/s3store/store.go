@@ -609,7 +609,7 @@ func (s *Store) FindReplica(ctx context.Context, bucket, key string, a engine.Ac
 				// Writes to a key are made one at a time, in order: a delete
 				// marker of ours would be its newest version. An older one
 				// is an earlier delete's.
-				return v.VersionID, v.DeleteMarker, nil
+				return v.VersionID, v.DeleteMarker && v.VersionID != of.NotMarker, nil
 			}
 			if v.DeleteMarker {
 				continue
