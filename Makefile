@@ -37,13 +37,21 @@ soak: testenv
 bench: testenv build
 	$(GO) run ./internal/bench $(BENCHFLAGS)
 
+# The configuration is readable by the service's dynamic user and holds no
+# secret; the secrets go to the environment file, which only root reads.
+# Existing files are kept.
 install: build
 	install -D -m 0755 bin/s3replicad $(DESTDIR)$(PREFIX)/bin/s3replicad
 	install -D -m 0644 deploy/systemd/s3replicad.service $(DESTDIR)/etc/systemd/system/s3replicad.service
 	sed -i 's#/usr/local/bin/s3replicad#$(PREFIX)/bin/s3replicad#' $(DESTDIR)/etc/systemd/system/s3replicad.service
 	@if [ ! -e $(DESTDIR)/etc/s3replicad/config.yaml ]; then \
-		install -D -m 0640 deploy/config.example.yaml $(DESTDIR)/etc/s3replicad/config.yaml; \
-	else echo "keeping existing $(DESTDIR)/etc/s3replicad/config.yaml"; fi
+		install -D -m 0644 deploy/config.example.yaml $(DESTDIR)/etc/s3replicad/config.yaml; \
+	else echo "keeping existing $(DESTDIR)/etc/s3replicad/config.yaml"; \
+		if [ -z "$$(find $(DESTDIR)/etc/s3replicad/config.yaml -perm -0004)" ]; then \
+			echo "warning: $(DESTDIR)/etc/s3replicad/config.yaml is not readable by the service's user: move its secrets to /etc/s3replicad/env and chmod 0644 it" >&2; fi; fi
+	@if [ ! -e $(DESTDIR)/etc/s3replicad/env ]; then \
+		install -D -m 0600 deploy/env.example $(DESTDIR)/etc/s3replicad/env; \
+	else echo "keeping existing $(DESTDIR)/etc/s3replicad/env"; fi
 
 clean:
 	rm -rf bin

@@ -175,7 +175,7 @@ func openLocal(cfg *Config, readOnly bool) (*checkpoint.Store, error) {
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, cfgFlag := flags("status", stderr)
 	asJSON := fs.Bool("json", false, "print JSON (stable fields, see README)")
-	cfg, _, err := loadFor(fs, cfgFlag, args, stderr)
+	cfg, err := loadStateFor(fs, cfgFlag, args)
 	if err != nil {
 		return err
 	}
@@ -286,7 +286,7 @@ func humanBytes(n int64) string {
 func cmdRetry(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, cfgFlag := flags("retry", stderr)
 	all := fs.Bool("all", false, "retry every failed operation")
-	cfg, _, err := loadFor(fs, cfgFlag, args, stderr)
+	cfg, err := loadStateFor(fs, cfgFlag, args)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -271,7 +272,9 @@ func (b *backfills) plan(ctx context.Context, rule engine.Rule, key string, all 
 func cmdBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, cfgFlag := flags("backfill", stderr)
 	ruleID := fs.String("rule", "", "backfill only this rule (default: every rule)")
-	cfg, log, err := loadFor(fs, cfgFlag, args, stderr)
+	// A running daemon does the work with its own configuration and
+	// secrets: finding it needs only state_dir.
+	cfg, err := loadStateFor(fs, cfgFlag, args)
 	if err != nil {
 		return err
 	}
@@ -285,9 +288,13 @@ func cmdBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	var final *backfillProgress
 	if d == nil {
+		var log *slog.Logger
+		if cfg, log, err = loadFor(flag.NewFlagSet("", flag.ContinueOnError), cfgFlag, nil, stderr); err != nil {
+			return err
+		}
 		final, err = backfillHere(ctx, cfg, log, *ruleID, show)
 	} else {
-		log.Info("a daemon is running: the backfill runs inside it")
+		fmt.Fprintln(stderr, "backfill: a daemon is running: the backfill runs inside it")
 		final, err = backfillInDaemon(ctx, d, *ruleID, show)
 	}
 	if err != nil {

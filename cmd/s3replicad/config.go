@@ -244,8 +244,42 @@ func LoadConfig(path string) (*Config, error) {
 
 var envRe = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
+// LoadStateConfig reads only what status and retry need, the state
+// directory: variables that the rest of the file uses (secrets, which the
+// service's environment file holds) need not be set. It is an error only
+// when state_dir itself cannot be read.
+func LoadStateConfig(path string) (*Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &ConfigError{File: path, Problems: []string{fmt.Sprintf("cannot read: %v", errors.Unwrap(err))}}
+	}
+	// state_dir itself must not name an unset variable.
+	var top struct {
+		StateDir string `yaml:"state_dir"`
+	}
+	if yaml.Unmarshal(raw, &top) == nil {
+		for _, m := range envRe.FindAllStringSubmatch(top.StateDir, -1) {
+			if _, ok := os.LookupEnv(m[1]); !ok {
+				line := 0
+				if cfgLines, err := parseConfig(path, raw, func(string) (string, bool) { return "", true }, false); err == nil {
+					line = cfgLines.lines["state_dir"]
+				}
+				return nil, &ConfigError{File: path, Problems: []string{fmt.Sprintf("line %d: state_dir: environment variable %s is not set", line, m[1])}}
+			}
+		}
+	}
+	return parseConfig(path, raw, func(name string) (string, bool) {
+		v, _ := os.LookupEnv(name)
+		return v, true
+	}, false)
+}
+
 // ParseConfig is LoadConfig over bytes, with an injectable environment.
 func ParseConfig(path string, raw []byte, lookup func(string) (string, bool)) (*Config, error) {
+	return parseConfig(path, raw, lookup, true)
+}
+
+func parseConfig(path string, raw []byte, lookup func(string) (string, bool), validate bool) (*Config, error) {
 	fail := func(format string, args ...any) error {
 		return &ConfigError{File: path, Problems: []string{fmt.Sprintf(format, args...)}}
 	}
@@ -266,6 +300,9 @@ func ParseConfig(path string, raw []byte, lookup func(string) (string, bool)) (*
 		return nil, fail("%s", nameKeys(msg, cfg.lines))
 	}
 	cfg.applyDefaults()
+	if !validate {
+		return cfg, nil
+	}
 	if problems := cfg.validate(); len(problems) > 0 {
 		return nil, &ConfigError{File: path, Problems: problems}
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -203,5 +204,35 @@ func TestPolicyActions(t *testing.T) {
 	}
 	if arn := queueARN(cfg.Queue.URL, ""); arn != "arn:aws:sqs:us-east-1:123456789012:s3-events" {
 		t.Errorf("queue ARN %s", arn)
+	}
+}
+
+// status and retry need only state_dir: they work as root without the
+// service's environment, whose secrets the rest of the file names; run and
+// check-config still require every variable.
+func TestStateCommandsNeedOnlyStateDir(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/config.yaml"
+	write := func(body string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(baseConfig + "transfer:\n  stall_timeout: 5s\n")
+	cfg, err := LoadStateConfig(path)
+	if err != nil || cfg.StateDir != "/tmp/s3r" {
+		t.Fatalf("state config without the secrets' variables: %v %+v", err, cfg)
+	}
+	if _, err := LoadConfig(path); err == nil || !strings.Contains(err.Error(), "environment variable AK is not set") {
+		t.Fatalf("the full config loaded without its variables: %v", err)
+	}
+	write(strings.Replace(baseConfig, "state_dir: /tmp/s3r", "state_dir: ${S3R_TEST_NOT_SET}/s3r", 1))
+	if _, err := LoadStateConfig(path); err == nil || !strings.Contains(err.Error(), "line 1: state_dir: environment variable S3R_TEST_NOT_SET is not set") {
+		t.Fatalf("state_dir with an unset variable: %v", err)
+	}
+	write(baseConfig + "bogus: 1\n")
+	if _, err := LoadStateConfig(path); err == nil || !strings.Contains(err.Error(), `unknown key "bogus"`) {
+		t.Fatalf("unknown key: %v", err)
 	}
 }

@@ -132,7 +132,10 @@ func parse(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
-// newLogger builds the process's logger: text or JSON on stderr.
+// newLogger builds the process's logger: text or JSON on stderr. Text
+// lines written to the journal leave the time out: journald stamps every
+// line itself. JSON lines always carry it, for the pipelines that read
+// them.
 func newLogger(c LogConfig, w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(strings.ToUpper(c.Level)))
@@ -140,7 +143,24 @@ func newLogger(c LogConfig, w io.Writer) *slog.Logger {
 	if c.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
+	if toJournal(w) {
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}
+	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// loadStateFor parses flags and loads the state directory from the
+// configuration, for the commands that need nothing else of it.
+func loadStateFor(fs *flag.FlagSet, cfgFlag *string, args []string) (*Config, error) {
+	if err := parse(fs, args); err != nil {
+		return nil, err
+	}
+	return LoadStateConfig(configPath(*cfgFlag))
 }
 
 // loadFor parses flags, loads the configuration and builds the logger.

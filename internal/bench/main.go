@@ -14,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -52,6 +53,7 @@ type options struct {
 	profile   string
 	destKeys  string
 	queueKeys string
+	plain     bool
 }
 
 func main() {
@@ -70,7 +72,8 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the data directory afterwards")
 	flag.BoolVar(&o.skipRC, "no-rclone", false, "measure s3replicad alone")
 	flag.StringVar(&o.workloads, "workloads", "w1,w2", "workloads to run")
-	flag.StringVar(&o.profile, "cpuprofile", "", "save a CPU profile of each s3replicad run's first seconds under this prefix")
+	flag.StringVar(&o.profile, "cpuprofile", "", "save a CPU profile of each s3replicad run under this prefix")
+	flag.BoolVar(&o.plain, "plain", false, "serve S3 over plain HTTP instead of HTTPS with a private CA")
 	flag.Parse()
 	var err error
 	for _, p := range []struct {
@@ -176,11 +179,15 @@ func run(ctx context.Context, o options) error {
 	if !o.keep {
 		defer os.RemoveAll(b.dir)
 	}
-	if b.env, err = testenv.Start(filepath.Join(b.dir, "servers")); err != nil {
+	start := testenv.StartTLS
+	if o.plain {
+		start = testenv.Start
+	}
+	if b.env, err = start(filepath.Join(b.dir, "servers")); err != nil {
 		return err
 	}
 	defer b.env.Close()
-	b.src, b.dst = testenv.S3(b.env.Source), testenv.S3(b.env.Destination)
+	b.src, b.dst = b.env.S3(b.env.Source), b.env.S3(b.env.Destination)
 	if err := testenv.CreateBucket(ctx, b.src, b.srcBkt, true); err != nil {
 		return err
 	}
@@ -376,9 +383,13 @@ func (b *bench) daemonCopy(ctx context.Context, w *workload, bucket string) (mea
 	if err != nil {
 		return measurement{}, err
 	}
-	destKeys, queueKeys := "", ""
+	destKeys, queueKeys, srcKeys := "", "", ""
+	if b.env.TLS != nil {
+		ca := ", ca_file: " + b.env.TLS.CAFile
+		srcKeys, destKeys = ca, ca
+	}
 	if b.o.destKeys != "" {
-		destKeys = ", " + b.o.destKeys
+		destKeys += ", " + b.o.destKeys
 	}
 	if b.o.queueKeys != "" {
 		queueKeys = ", " + b.o.queueKeys
@@ -395,13 +406,13 @@ func (b *bench) daemonCopy(ctx context.Context, w *workload, bucket string) (mea
 listen: %s
 log: {level: warn}
 queue: {url: %s, endpoint: %s, access_key_id: %s, secret_access_key: %s, wait_time: 0s%s}
-source: {endpoint: %s, path_style: true, access_key_id: %s, secret_access_key: %s}
+source: {endpoint: %s, path_style: true, access_key_id: %s, secret_access_key: %s%s}
 destinations:
   - {name: bench, endpoint: %s, path_style: true, access_key_id: %s, secret_access_key: %s%s}
 rules:
   - {id: bench, source_bucket: %s, destination: bench, destination_bucket: %s}
 %s`, filepath.Join(dir, "state"), listen, queueURL, b.env.SQS, testenv.AccessKey, testenv.SecretKey, queueKeys,
-		b.env.Source, testenv.AccessKey, testenv.SecretKey, b.env.Destination, testenv.AccessKey, testenv.SecretKey, destKeys,
+		b.env.Source, testenv.AccessKey, testenv.SecretKey, srcKeys, b.env.Destination, testenv.AccessKey, testenv.SecretKey, destKeys,
 		b.srcBkt, bucket, transfer)
 	cfgPath := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
@@ -419,8 +430,14 @@ rules:
 	if err := cmd.Start(); err != nil {
 		return measurement{}, err
 	}
+	profiled := make(chan struct{})
 	if b.o.profile != "" {
-		go saveProfile(listen, fmt.Sprintf("%s-%s.pprof", b.o.profile, bucket))
+		go func() {
+			defer close(profiled)
+			saveProfile(filepath.Join(dir, "state", "admin.sock"), fmt.Sprintf("%s-%s.pprof", b.o.profile, bucket))
+		}()
+	} else {
+		close(profiled)
 	}
 	want := float64(len(w.events))
 	var wall, serverCPU, sqsCPU, startup, intake time.Duration
@@ -449,6 +466,7 @@ rules:
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
+	<-profiled
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		return measurement{}, fmt.Errorf("daemon exit: %w (see %s)", err, logf.Name())
@@ -465,11 +483,15 @@ func (b *bench) runRclone(ctx context.Context, w *workload) (measurement, error)
 		return measurement{}, err
 	}
 	defer b.dropBucket(ctx, bucket)
-	cmd := exec.CommandContext(ctx, "rclone", "copy", "src:"+b.srcBkt+"/"+w.prefix, "dst:"+bucket+"/"+w.prefix,
+	args := []string{"copy", "src:" + b.srcBkt + "/" + w.prefix, "dst:" + bucket + "/" + w.prefix,
 		"--transfers", "32", "--checkers", "32", "--s3-upload-concurrency", "8", "--s3-chunk-size", "16M",
-		"--config", filepath.Join(b.dir, "rclone.conf"), "--stats", "0")
+		"--config", filepath.Join(b.dir, "rclone.conf"), "--stats", "0"}
+	if b.env.TLS != nil {
+		args = append(args, "--ca-cert", b.env.TLS.CAFile)
+	}
+	cmd := exec.CommandContext(ctx, "rclone", args...)
 	// A CA bundle from the environment makes rclone 1.60 refuse to start;
-	// the local servers speak plain HTTP anyway.
+	// the CA it needs is given with --ca-cert.
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "AWS_CA_BUNDLE=") {
 			cmd.Env = append(cmd.Env, kv)
@@ -563,15 +585,20 @@ func (b *bench) memCheck(ctx context.Context) error {
 	return nil
 }
 
-// saveProfile fetches a few seconds of the daemon's CPU profile.
-func saveProfile(listen, path string) {
-	for range 100 {
-		if testenv.Scrape(listen) != "" {
+// saveProfile fetches the daemon's CPU profile, over its admin socket,
+// for as long as a run of the workloads here takes.
+func saveProfile(socket, path string) {
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}}}
+	for range 200 {
+		if _, err := os.Stat(socket); err == nil {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	resp, err := http.Get("http://" + listen + "/debug/pprof/profile?seconds=7")
+	resp, err := hc.Get("http://s3replicad/debug/pprof/profile?seconds=4")
 	if err != nil {
 		return
 	}

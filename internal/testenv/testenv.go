@@ -41,6 +41,8 @@ type Env struct {
 	Destination string // S3 endpoint URL
 	Unversioned string // S3 endpoint without versioning support
 	SQS         string // SQS endpoint URL
+	// TLS is set when the S3 servers speak HTTPS (StartTLS).
+	TLS *TLS
 
 	dir   string
 	procs []*exec.Cmd
@@ -70,7 +72,13 @@ func Root() (string, error) {
 }
 
 // Start launches the servers with their data under dir (which must exist).
-func Start(dir string) (*Env, error) {
+func Start(dir string) (*Env, error) { return start(dir, false) }
+
+// StartTLS is Start with the S3 servers on HTTPS, their certificate signed
+// by a CA made now (Env.TLS); the SQS server stays on plain HTTP.
+func StartTLS(dir string) (*Env, error) { return start(dir, true) }
+
+func start(dir string, withTLS bool) (*Env, error) {
 	root, err := Root()
 	if err != nil {
 		return nil, err
@@ -90,6 +98,14 @@ func Start(dir string) (*Env, error) {
 		return nil, err
 	}
 	e := &Env{dir: dir}
+	if withTLS {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		if e.TLS, err = NewTLS(dir); err != nil {
+			return nil, err
+		}
+	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -133,7 +149,13 @@ func (e *Env) startS3(bin, name string, versioning bool) (string, error) {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	// Keep-alive as every production S3 endpoint has it: without it each
 	// request pays a new TCP connection on both sides.
-	args := []string{"--port", addr, "--health", "/health", "--quiet", "--keep-alive", "posix"}
+	args := []string{"--port", addr, "--health", "/health", "--quiet", "--keep-alive"}
+	scheme, hc := "http", http.DefaultClient
+	if e.TLS != nil {
+		args = append(args, "--cert", e.TLS.CertFile, "--key", e.TLS.KeyFile)
+		scheme, hc = "https", e.TLS.Client()
+	}
+	args = append(args, "posix")
 	if versioning {
 		vdir := filepath.Join(e.dir, name, "versions")
 		if err := os.MkdirAll(vdir, 0o755); err != nil {
@@ -154,10 +176,10 @@ func (e *Env) startS3(bin, name string, versioning bool) (string, error) {
 		return "", fmt.Errorf("start versitygw: %w", err)
 	}
 	e.track(name, cmd)
-	url := "http://" + addr
+	url := scheme + "://" + addr
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(url + "/health")
+		resp, err := hc.Get(url + "/health")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -241,8 +263,24 @@ func (e *Env) Close() {
 }
 
 // S3 returns a client for an endpoint of this environment.
-func S3(endpoint string) *s3.Client {
+func S3(endpoint string) *s3.Client { return s3Client(endpoint, nil) }
+
+// S3 returns a client for one of the environment's S3 endpoints, trusting
+// its CA when it speaks HTTPS.
+func (e *Env) S3(endpoint string) *s3.Client {
+	if e.TLS != nil {
+		return s3Client(endpoint, e.TLS.Client())
+	}
+	return s3Client(endpoint, nil)
+}
+
+func s3Client(endpoint string, hc *http.Client) *s3.Client {
+	var client s3.HTTPClient
+	if hc != nil {
+		client = hc
+	}
 	return s3.New(s3.Options{
+		HTTPClient:                 client,
 		Region:                     Region,
 		BaseEndpoint:               aws.String(endpoint),
 		UsePathStyle:               true,
