@@ -4,7 +4,7 @@ DESTDIR ?=
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO      ?= go
 
-.PHONY: build test testenv fuzz demo bench soak install clean
+.PHONY: build test testenv fuzz demo bench soak install deb clean
 
 build:
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/s3replicad ./cmd/s3replicad
@@ -53,5 +53,18 @@ install: build
 		install -D -m 0600 deploy/env.example $(DESTDIR)/etc/s3replicad/env; \
 	else echo "keeping existing $(DESTDIR)/etc/s3replicad/env"; fi
 
+# A Debian package (binary, unit, example config and environment file as
+# conffiles, docs) in build/, made with nfpm.
+NFPM_VERSION = v2.45.2
+ARCH    ?= $(shell $(GO) env GOARCH)
+DEBVERSION ?= $(shell echo "$(VERSION)" | sed -e 's/^v//' -e 's/-/+/g' | grep -E '^[0-9]' || echo "0.0.0+$(VERSION)")
+deb:
+	mkdir -p build/deb .testenv/bin && rm -f build/*.deb
+	GOOS=linux GOARCH=$(ARCH) CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o build/deb/s3replicad ./cmd/s3replicad
+	sed 's#/usr/local/bin/s3replicad#/usr/bin/s3replicad#' deploy/systemd/s3replicad.service > build/deb/s3replicad.service
+	test -x .testenv/bin/nfpm || GOBIN=$(CURDIR)/.testenv/bin $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
+	ARCH=$(ARCH) VERSION=$(DEBVERSION) .testenv/bin/nfpm package --config deploy/nfpm.yaml --packager deb --target build/
+	@ls build/*.deb
+
 clean:
-	rm -rf bin
+	rm -rf bin build
