@@ -6,9 +6,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -45,7 +47,9 @@ type TransportConfig struct {
 // when one is given, and deadlines on connecting, handshaking and on every
 // silence longer than the stall timeout.
 func NewHTTPClient(c TransportConfig) (*http.Client, error) {
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	// Full-size TLS records from the first byte: the copier's requests are
+	// bulk transfers, not pages waiting to be rendered.
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, DynamicRecordSizingDisabled: true}
 	if c.CAFile != "" {
 		pem, err := os.ReadFile(c.CAFile)
 		if err != nil {
@@ -69,23 +73,44 @@ func NewHTTPClient(c TransportConfig) (*http.Client, error) {
 	// on every new connection to the same endpoint.
 	tlsCfg.ClientSessionCache = tls.NewLRUClientSessionCache(c.MaxConns)
 	dialer := &net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}
-	dial := dialer.DialContext
-	if !c.NoProgressDeadline {
-		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			conn, err := dialer.DialContext(ctx, network, addr)
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := dialer.DialContext(ctx, network, addr)
+		if err != nil || c.NoProgressDeadline {
+			return conn, err
+		}
+		return newProgressConn(conn, stall), nil
+	}
+	tr := &http.Transport{
+		Proxy:       http.ProxyFromEnvironment,
+		DialContext: dial,
+		// The TLS connection is made here rather than by the transport only
+		// so that it can take request bodies with ReadFrom (see copyConn).
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			raw, err := dial(ctx, network, addr)
 			if err != nil {
 				return nil, err
 			}
-			return newProgressConn(conn, stall), nil
-		}
-	}
-	tr := &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
-		DialContext:         dial,
+			cfg := tlsCfg.Clone()
+			if cfg.ServerName == "" {
+				cfg.ServerName, _, _ = net.SplitHostPort(addr)
+			}
+			conn := tls.Client(raw, cfg)
+			hctx, cancel := context.WithTimeout(ctx, connect)
+			defer cancel()
+			if err := conn.HandshakeContext(hctx); err != nil {
+				raw.Close()
+				return nil, err
+			}
+			return &copyConn{Conn: conn}, nil
+		},
 		TLSClientConfig:     tlsCfg,
 		TLSHandshakeTimeout: connect,
 		MaxIdleConns:        c.MaxConns,
 		MaxIdleConnsPerHost: c.MaxConns,
+		// Bodies go out through a buffer of two full TLS records, not
+		// net/http's 4 KiB, each of which would be a record and a write of
+		// its own. (Large reads bypass the read buffer.)
+		WriteBufferSize: 32 << 10,
 		// An idle connection is closed before its silence reaches the stall
 		// deadline, rather than failing the request that picks it up.
 		IdleConnTimeout: min(90*time.Second, stall*3/4),
@@ -97,6 +122,25 @@ func NewHTTPClient(c TransportConfig) (*http.Client, error) {
 		ForceAttemptHTTP2: false,
 	}
 	return &http.Client{Transport: tr}, nil
+}
+
+// copyConn takes request bodies with ReadFrom through pooled buffers.
+// net/http hands a body to the connection as an io.LimitReader, which has
+// no WriteTo; to a connection without ReadFrom (a TLS connection, or one
+// wrapped for its deadlines) io.Copy then allocates a 32 KiB buffer for
+// every request, the copier's largest allocation by far.
+type copyConn struct{ net.Conn }
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (c *copyConn) ReadFrom(r io.Reader) (int64, error) { return copyFrom(c.Conn, r) }
+
+// copyFrom copies r to w through a pooled buffer; w is wrapped so that
+// io.CopyBuffer cannot hand the copy back to a ReadFrom of w's own.
+func copyFrom(w io.Writer, r io.Reader) (int64, error) {
+	buf := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(buf)
+	return io.CopyBuffer(struct{ io.Writer }{w}, r, *buf)
 }
 
 // progressConn fails a read or write only when the connection has made no
@@ -192,6 +236,9 @@ func (p *progressConn) Write(b []byte) (int, error) {
 	}
 	return done, nil
 }
+
+// ReadFrom lets plain-HTTP request bodies through a pooled buffer too.
+func (p *progressConn) ReadFrom(r io.Reader) (int64, error) { return copyFrom(p, r) }
 
 func isTimeout(err error) bool {
 	var ne net.Error

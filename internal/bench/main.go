@@ -467,6 +467,9 @@ rules:
 		time.Sleep(25 * time.Millisecond)
 	}
 	<-profiled
+	if b.o.profile != "" {
+		fetchProfile(filepath.Join(dir, "state", "admin.sock"), "allocs", fmt.Sprintf("%s-%s.allocs", b.o.profile, bucket))
+	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		return measurement{}, fmt.Errorf("daemon exit: %w (see %s)", err, logf.Name())
@@ -588,17 +591,23 @@ func (b *bench) memCheck(ctx context.Context) error {
 // saveProfile fetches the daemon's CPU profile, over its admin socket,
 // for as long as a run of the workloads here takes.
 func saveProfile(socket, path string) {
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", socket)
-	}}}
 	for range 200 {
 		if _, err := os.Stat(socket); err == nil {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	resp, err := hc.Get("http://s3replicad/debug/pprof/profile?seconds=4")
+	fetchProfile(socket, "profile?seconds=4", path)
+}
+
+// fetchProfile saves one of the daemon's profiles (pprof's name and
+// query) from its admin socket.
+func fetchProfile(socket, name, path string) {
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}}}
+	resp, err := hc.Get("http://s3replicad/debug/pprof/" + name)
 	if err != nil {
 		return
 	}

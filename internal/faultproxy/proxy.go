@@ -8,6 +8,7 @@
 package faultproxy
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -78,7 +79,9 @@ type Proxy struct {
 	applied int
 	healed  chan struct{} // closed when the current fault is cleared
 
-	conns map[net.Conn]bool // open client connections
+	conns  map[net.Conn]bool // open client connections
+	scheme string
+	tls    *tls.Config
 
 	hits     atomic.Int64 // requests a fault was applied to
 	requests atomic.Int64 // requests seen
@@ -87,7 +90,18 @@ type Proxy struct {
 
 // Start listens on a loopback port and forwards to target (a URL such as
 // http://127.0.0.1:7070).
-func Start(target string) (*Proxy, error) {
+func Start(target string) (*Proxy, error) { return start(target, nil) }
+
+// StartTLS is Start serving HTTPS with the given certificate and key.
+func StartTLS(target, certFile, keyFile string) (*Proxy, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, err
+	}
+	return start(target, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+}
+
+func start(target string, tc *tls.Config) (*Proxy, error) {
 	u, err := url.Parse(target)
 	if err != nil {
 		return nil, err
@@ -96,7 +110,11 @@ func Start(target string) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{target: u, addr: ln.Addr().String(), ln: ln, healed: make(chan struct{}), conns: map[net.Conn]bool{}}
+	scheme := "http"
+	if tc != nil {
+		ln, scheme = tls.NewListener(ln, tc), "https"
+	}
+	p := &Proxy{target: u, addr: ln.Addr().String(), ln: ln, healed: make(chan struct{}), conns: map[net.Conn]bool{}, scheme: scheme, tls: tc}
 	tr := &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 256}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
@@ -116,7 +134,7 @@ func Start(target string) (*Proxy, error) {
 }
 
 // URL is the proxy's address, to configure as the endpoint.
-func (p *Proxy) URL() string { return "http://" + p.addr }
+func (p *Proxy) URL() string { return p.scheme + "://" + p.addr }
 
 // Set replaces the current fault.
 func (p *Proxy) Set(f Fault) {
@@ -141,6 +159,9 @@ func (p *Proxy) Set(f Fault) {
 func (p *Proxy) track(c net.Conn, st http.ConnState) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
 	switch st {
 	case http.StateNew:
 		if p.ln == nil { // accepted just before the listener closed
@@ -165,6 +186,9 @@ func (p *Proxy) Clear() error {
 		var err error
 		for i := 0; i < 50; i++ {
 			if p.ln, err = net.Listen("tcp", p.addr); err == nil {
+				if p.tls != nil {
+					p.ln = tls.NewListener(p.ln, p.tls)
+				}
 				break
 			}
 			time.Sleep(20 * time.Millisecond)
