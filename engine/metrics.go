@@ -60,7 +60,9 @@ func newMetrics(reg prometheus.Registerer, rules Rules, dests []string, oldest f
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "s3replicad_replication_latency_seconds",
 			Help:    "Time from the source event to the replica being written.",
-			Buckets: []float64{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600, 4 * 3600, 24 * 3600},
+			// From 10 ms: a replica is typically written within tens of
+			// milliseconds of its event, so p50 and p99 need buckets there.
+			Buckets: []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600, 4 * 3600, 24 * 3600},
 		}, []string{"rule"}),
 		deletes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "s3replicad_deletes_not_replicated_total",
