@@ -39,6 +39,15 @@ func TestBackfillVerifyAndRepair(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "missing    a  version") {
 		t.Fatalf("verify before backfill: exit %d\n%s", code, out)
 	}
+	// A dry run says what it would copy, and copies nothing.
+	out, errOut, code := w.cli("backfill", "-dry-run")
+	if code != 0 || strings.Count(out, "copy          ") != 156 || !strings.Contains(out, "would copy 157 versions") ||
+		!strings.Contains(out, "delete-marker gone") {
+		t.Fatalf("backfill -dry-run: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if vs, _ := w.destVersions("a"); len(vs) != 0 {
+		t.Fatal("a dry run copied")
+	}
 
 	// kill -9 the backfill part way, then resume.
 	cmd := exec.Command(binary, "backfill", "-config", w.configPath)
@@ -61,7 +70,7 @@ func TestBackfillVerifyAndRepair(t *testing.T) {
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
 
-	out, errOut, code := w.cli("backfill")
+	out, errOut, code = w.cli("backfill")
 	if code != 0 || !strings.Contains(out, "backfill done") {
 		t.Fatalf("backfill: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -103,6 +112,14 @@ func TestBackfillVerifyAndRepair(t *testing.T) {
 	}
 	if strings.Count(strings.TrimSpace(out), "\n") != 1 {
 		t.Errorf("verify listed more than the damage:\n%s", out)
+	}
+	// A destination key the source does not have is reported as extra,
+	// which is not a difference.
+	_, err = w.dst.PutObject(w.ctx, &s3.PutObjectInput{Bucket: &w.dstBucket, Key: aws.String("stray"), Body: strings.NewReader("s")})
+	must(t, err)
+	out, _, _ = w.cli("verify")
+	if !strings.Contains(out, "extra      stray") {
+		t.Errorf("verify does not report a destination key with no source key:\n%s", out)
 	}
 
 	// Repair with the daemon running: backfill goes through it.

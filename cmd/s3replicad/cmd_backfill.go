@@ -16,6 +16,7 @@ import (
 
 	"github.com/s3replicad/s3replicad/checkpoint"
 	"github.com/s3replicad/s3replicad/engine"
+	"github.com/s3replicad/s3replicad/reconcile"
 )
 
 // backfillProgress is a backfill's progress, also served by the daemon.
@@ -140,24 +141,27 @@ func (b *backfills) backfill(ctx context.Context, p *backfillProgress, rules []e
 			return r.state.SaveCursor(rule.ID, cur)
 		}
 		keys := 0
-		err = eachKey(ctx, r.source, rule.SourceBucket, rule.Prefix, cur.KeyMarker, func(key string, vs []engine.Version) error {
-			ops, err := b.plan(ctx, rule, key, vs, p.ID)
+		err = reconcile.Walk(ctx, r.source, r.dests[rule.Destination], rule, cur.KeyMarker, func(pair reconcile.Pair) error {
+			if len(pair.Source) == 0 {
+				return nil // only on the destination: nothing to copy
+			}
+			ops, err := b.plan(ctx, rule, pair, p.ID)
 			if err != nil {
-				return fmt.Errorf("backfill %s: %w", key, err)
+				return fmt.Errorf("backfill %s: %w", pair.Key, err)
 			}
 			batch = append(batch, ops...)
 			var bytes int64
 			for _, op := range ops {
 				bytes += max(op.Size, 0)
 			}
-			cur.Listed += int64(len(vs))
+			cur.Listed += int64(len(pair.Source))
 			cur.Submitted += int64(len(ops))
-			b.update(p, func() { p.Listed += int64(len(vs)); p.Submitted += int64(len(ops)); p.Bytes += bytes })
+			b.update(p, func() { p.Listed += int64(len(pair.Source)); p.Submitted += int64(len(ops)); p.Bytes += bytes })
 			keys++
 			if len(batch) >= 500 || keys%200 == 0 {
-				return flush(key)
+				return flush(pair.Key)
 			}
-			cur.KeyMarker = key
+			cur.KeyMarker = pair.Key
 			return nil
 		})
 		if err != nil {
@@ -188,95 +192,45 @@ func (b *backfills) backfill(ctx context.Context, p *backfillProgress, rules []e
 	}
 }
 
-// plan decides the ops for one key: the selected source versions the
-// destination lacks, oldest first, then, if the destination's current
-// version would not be the source's current one, a fresh copy of it.
-func (b *backfills) plan(ctx context.Context, rule engine.Rule, key string, all []engine.Version, pass string) ([]*engine.Op, error) {
+// plan decides the ops for one key (reconcile.Plan), with what the state
+// file knows of each version, read after the destination's listing.
+func (b *backfills) plan(ctx context.Context, rule engine.Rule, pair reconcile.Pair, pass string) ([]*engine.Op, error) {
 	r := b.r
-	vs, err := selected(ctx, r.source, rule, rule.SourceBucket, key, all)
+	vs, err := reconcile.Selected(ctx, r.source, rule, pair.Key, pair.Source)
 	if err != nil || len(vs) == 0 {
 		return nil, err
 	}
-	// The state file is read before the destination is looked at: a copy
-	// that finishes in between is then seen as on the destination rather
-	// than as lost from it, and is not written a second time.
 	known := make(map[string][]*engine.Op, len(vs))
 	for _, v := range vs {
-		prev, err := r.state.OpsOf(rule.ID, rule.SourceBucket, key, v.VersionID)
+		prev, err := r.state.OpsOf(rule.ID, rule.SourceBucket, pair.Key, v.VersionID)
 		if err != nil {
 			return nil, err
 		}
 		known[v.VersionID] = prev
 	}
-	destKey := rule.DestinationPrefix + key
-	have, err := inspect(ctx, r.dests[rule.Destination], rule.DestinationBucket, destKey)
+	have, err := reconcile.Inspect(ctx, r.dests[rule.Destination], rule.DestinationBucket, pair.DestKey, pair.Source, pair.Dest)
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	mk := func(v engine.Version, a engine.Action) *engine.Op {
-		op := &engine.Op{
-			Rule: rule.ID, Bucket: rule.SourceBucket, Key: key, VersionID: v.VersionID, ETag: v.ETag, Size: v.Size,
-			Action: a, Origin: engine.OriginBackfill, Dest: rule.Destination, DestBucket: rule.DestinationBucket,
-			DestKey: destKey, Recorded: now, State: engine.Pending,
-		}
-		if a == engine.ActionDeleteMarker {
-			op.Size = 0
-		}
-		for _, prev := range known[v.VersionID] {
-			if !prev.State.Terminal() || prev.State == engine.Failed {
-				return nil // already queued, or failed and waiting for `retry`
-			}
-			op.Pass = "backfill-" + pass // copied before, since lost on the destination
-		}
-		return op
-	}
-	var ops []*engine.Op
-	lastWritten := ""
-	for i := len(vs) - 1; i >= 0; i-- { // oldest first
-		v := vs[i]
-		if v.DeleteMarker {
-			continue
-		}
-		if _, ok := have.bySource[v.VersionID]; ok {
-			continue
-		}
-		if op := mk(v, engine.ActionCopy); op != nil {
-			ops = append(ops, op)
-			lastWritten = v.VersionID
-		}
-	}
-	latest := vs[0]
-	switch {
-	case latest.DeleteMarker && rule.ReplicateDeleteMarkers && len(rule.Tags) == 0:
-		if have.current == nil || !have.current.DeleteMarker || lastWritten != "" {
-			if op := mk(latest, engine.ActionDeleteMarker); op != nil {
-				ops = append(ops, op)
-			}
-		}
-	case !latest.DeleteMarker && latest.IsLatest:
-		currentOK := lastWritten == latest.VersionID ||
-			(lastWritten == "" && have.current != nil && have.current.source == latest.VersionID)
-		if !currentOK {
-			if op := mk(latest, engine.ActionCopy); op != nil {
-				if op.Pass == "" {
-					op.Pass = "current-" + pass
-				}
-				ops = append(ops, op)
-			}
-		}
-	}
-	return ops, nil
+	return reconcile.Plan(rule, pair.Key, pair.DestKey, vs, have, known, pair.DestListedAt, pass, time.Now()), nil
 }
 
 func cmdBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, cfgFlag := flags("backfill", stderr)
 	ruleID := fs.String("rule", "", "backfill only this rule (default: every rule)")
+	dryRun := fs.Bool("dry-run", false, "print what would be copied (versions, bytes, requests) and copy nothing")
 	// A running daemon does the work with its own configuration and
 	// secrets: finding it needs only state_dir.
 	cfg, err := loadStateFor(fs, cfgFlag, args)
 	if err != nil {
 		return err
+	}
+	if *dryRun {
+		full, _, err := loadFor(flag.NewFlagSet("", flag.ContinueOnError), cfgFlag, nil, stderr)
+		if err != nil {
+			return err
+		}
+		return backfillDryRun(ctx, full, *ruleID, stdout, stderr)
 	}
 	if _, err := cfg.SelectRules(*ruleID); err != nil {
 		return err
@@ -302,6 +256,91 @@ func cmdBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	fmt.Fprintf(stdout, "backfill done: %d versions listed, %d copies queued (%s), all finished\n", final.Listed, final.Submitted, humanBytes(final.Bytes))
 	return nil
+}
+
+// backfillDryRun walks what a backfill would walk and prints the copies it
+// would queue, one per line, then their number, bytes and the requests
+// they would take. It writes nothing. What the state file knows (copies
+// already queued) is taken into account when no daemon holds it.
+func backfillDryRun(ctx context.Context, cfg *Config, ruleID string, stdout, stderr io.Writer) error {
+	rules, err := cfg.SelectRules(ruleID)
+	if err != nil {
+		return err
+	}
+	src, dests, err := stores(ctx, cfg, warnLogger(stderr))
+	if err != nil {
+		return err
+	}
+	var state *checkpoint.Store
+	if d, err := findDaemon(cfg); err != nil {
+		return err
+	} else if d != nil {
+		fmt.Fprintln(stderr, "backfill -dry-run: a daemon holds the state file: copies it has queued are counted as to do")
+	} else if ok, err := stateFileExists(cfg); err != nil {
+		return err
+	} else if ok {
+		if state, err = openLocal(cfg, true); err != nil {
+			return err
+		}
+		defer state.Close()
+	}
+	var versions, requests, heads int
+	var bytes int64
+	for _, rule := range rules {
+		if !rule.Enabled {
+			continue
+		}
+		dst := dests[rule.Destination]
+		err := reconcile.Walk(ctx, src, dst, rule, "", func(pair reconcile.Pair) error {
+			if len(pair.Source) == 0 {
+				return nil
+			}
+			vs, err := reconcile.Selected(ctx, src, rule, pair.Key, pair.Source)
+			if err != nil || len(vs) == 0 {
+				return err
+			}
+			known := map[string][]*engine.Op{}
+			if state != nil {
+				for _, v := range vs {
+					if known[v.VersionID], err = state.OpsOf(rule.ID, rule.SourceBucket, pair.Key, v.VersionID); err != nil {
+						return err
+					}
+				}
+			}
+			have, err := reconcile.Inspect(ctx, dst, rule.DestinationBucket, pair.DestKey, pair.Source, pair.Dest)
+			if err != nil {
+				return err
+			}
+			heads += have.Heads
+			for _, op := range reconcile.Plan(rule, pair.Key, pair.DestKey, vs, have, known, pair.DestListedAt, "dry-run", time.Now()) {
+				versions++
+				bytes += max(op.Size, 0)
+				requests += reconcile.Requests(op, int64(cfg.Transfer.PartSize), int64(cfg.Transfer.MultipartThreshold))
+				what := "copy"
+				switch {
+				case op.Action == engine.ActionDeleteMarker:
+					what = "delete-marker"
+				case op.Pass != "":
+					what = "copy-again"
+				}
+				fmt.Fprintf(stdout, "%-13s %s  version %s  %s (rule %s)\n", what, op.Key, orNull(op.VersionID), humanBytes(max(op.Size, 0)), rule.ID)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("backfill -dry-run rule %s: %w", rule.ID, err)
+		}
+	}
+	fmt.Fprintf(stdout, "would copy %d versions, %s, in about %d requests (the comparison took %d HEAD requests besides the listings)\n",
+		versions, humanBytes(bytes), requests, heads)
+	return nil
+}
+
+func orNull(v string) string {
+	if v == "" {
+		return "null"
+	}
+	return v
 }
 
 // backfillHere runs the engine in this process, without a queue.
