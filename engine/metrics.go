@@ -58,8 +58,8 @@ func newMetrics(reg prometheus.Registerer, rules Rules, dests []string, oldest f
 			Help: "Failed copy attempts by reason; transient ones are retried, permanent ones become failed.",
 		}, []string{"rule", "reason"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "s3replicad_replication_latency_seconds",
-			Help:    "Time from the source event to the replica being written.",
+			Name: "s3replicad_replication_latency_seconds",
+			Help: "Time from the source event to the replica being written.",
 			// From 10 ms: a replica is typically written within tens of
 			// milliseconds of its event, so p50 and p99 need buckets there.
 			Buckets: []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600, 4 * 3600, 24 * 3600},
