@@ -4,7 +4,7 @@ DESTDIR ?=
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO      ?= go
 
-.PHONY: build test testenv fuzz demo bench soak install deb clean
+.PHONY: build test testenv fuzz demo bench bench-scale soak install deb clean
 
 build:
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/s3replicad ./cmd/s3replicad
@@ -24,6 +24,12 @@ fuzz:
 
 demo: testenv build
 	$(GO) run ./internal/demo
+
+# s3replicad at scale: a drain of 100,000 small objects beside rclone, and
+# a state file of 1,000,000 operations; see README. SCALEFLAGS passes
+# options, e.g. SCALEFLAGS='-objects 20000 -state-ops 0'.
+bench-scale: testenv build
+	$(GO) run ./internal/benchscale $(SCALEFLAGS)
 
 # The kill loop at length: KILLS kill -9s (default 50) while a mixed
 # workload is replicated, then the strict exact-replica check.

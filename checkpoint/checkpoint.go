@@ -41,7 +41,8 @@ const SchemaVersion = 2
 
 var (
 	bucketMeta     = []byte("meta")
-	bucketOps      = []byte("op")       // seq -> op record
+	bucketOps      = []byte("op")       // seq -> unfinished or failed op
+	bucketDone     = []byte("done")     // seq -> finished op (compact)
 	bucketIDs      = []byte("id")       // idKey -> seq
 	bucketPending  = []byte("pending")  // origin byte + seq -> (unfinished ops)
 	bucketFailed   = []byte("failed")   // seq ->
@@ -50,7 +51,7 @@ var (
 	bucketStats    = []byte("stat")     // counters
 	bucketUploads  = []byte("uploads")  // op ID -> Upload (JSON)
 	bucketCursors  = []byte("cursors")  // rule -> Cursor (JSON)
-	allBuckets     = [][]byte{bucketMeta, bucketOps, bucketIDs, bucketPending, bucketFailed, bucketFinished, bucketKeys, bucketStats, bucketUploads, bucketCursors}
+	allBuckets     = [][]byte{bucketMeta, bucketOps, bucketDone, bucketIDs, bucketPending, bucketFailed, bucketFinished, bucketKeys, bucketStats, bucketUploads, bucketCursors}
 
 	keySchema  = []byte("schema")
 	keyRunning = []byte("running") // set while a process runs the engine
@@ -184,15 +185,15 @@ func IsDiskFull(err error) bool {
 // packed tight: their keys grow with every write.
 type tx struct {
 	*bolt.Tx
-	ops, ids, pending, failed, finished, keys *bolt.Bucket
+	ops, done, ids, pending, failed, finished, keys *bolt.Bucket
 	stats                                     deltas
 }
 
 func wrap(t *bolt.Tx) *tx {
-	x := &tx{Tx: t, ops: t.Bucket(bucketOps), ids: t.Bucket(bucketIDs), pending: t.Bucket(bucketPending),
+	x := &tx{Tx: t, ops: t.Bucket(bucketOps), done: t.Bucket(bucketDone), ids: t.Bucket(bucketIDs), pending: t.Bucket(bucketPending),
 		failed: t.Bucket(bucketFailed), finished: t.Bucket(bucketFinished), keys: t.Bucket(bucketKeys), stats: deltas{}}
 	if t.Writable() {
-		x.ops.FillPercent, x.pending.FillPercent, x.finished.FillPercent = 0.9, 0.9, 0.9
+		x.ops.FillPercent, x.pending.FillPercent, x.finished.FillPercent, x.done.FillPercent = 0.9, 0.9, 0.9, 0.95
 	}
 	return x
 }
@@ -240,11 +241,10 @@ func (s *Store) Record(ctx context.Context, ops []*engine.Op) ([]*engine.Op, err
 }
 
 func (x *tx) insert(op *engine.Op, id []byte) error {
-	sk := seqKey(op.Seq)
-	if err := x.ops.Put(sk, encodeOp(op)); err != nil {
+	if err := x.put(op, encodeOp(op)); err != nil {
 		return err
 	}
-	if err := x.ids.Put(id, sk); err != nil {
+	if err := x.ids.Put(id, idValue(op.Seq)); err != nil {
 		return err
 	}
 	if err := x.index(nil, op); err != nil {
@@ -330,12 +330,12 @@ func (x *tx) save(op *engine.Op, rec []byte) error {
 	seq := op.Seq
 	if seq == 0 {
 		if v := x.ids.Get(idKey(op)); v != nil {
-			seq = binary.BigEndian.Uint64(v)
+			seq = idSeq(v)
 		}
 	}
 	var old *engine.Op
 	if seq != 0 {
-		if raw := x.ops.Get(seqKey(seq)); raw != nil {
+		if raw := x.record(seq); raw != nil {
 			var err error
 			if old, err = decodeOp(seq, raw); err != nil {
 				return err
@@ -352,7 +352,16 @@ func (x *tx) save(op *engine.Op, rec []byte) error {
 		return x.insertAndKey(op)
 	}
 	op.Seq = seq
-	if err := x.ops.Put(seqKey(seq), rec); err != nil {
+	if finishedOK(old.State) != finishedOK(op.State) {
+		from := x.ops
+		if finishedOK(old.State) {
+			from = x.done
+		}
+		if err := from.Delete(seqKey(seq)); err != nil {
+			return err
+		}
+	}
+	if err := x.put(op, rec); err != nil {
 		return err
 	}
 	if err := x.index(old, op); err != nil {
@@ -385,13 +394,16 @@ func (x *tx) advanceKey(op *engine.Op) error {
 			return err
 		}
 	}
-	// The last replica is whatever was written last; the newest version
-	// moves forward only.
+	// The last marker follows every write; the newest version moves
+	// forward only.
 	next := last
-	next.LastReplica = op.Replica
+	next.LastMarker = ""
+	if op.Action == engine.ActionDeleteMarker {
+		next.LastMarker = op.Replica
+	}
 	if (op.Sequencer != "" || last.Sequencer == "") &&
 		(last.Sequencer == "" || event.CompareSequencer(op.Sequencer, last.Sequencer) >= 0) {
-		next.Sequencer, next.VersionID, next.Seq = op.Sequencer, op.VersionID, op.Seq
+		next.Sequencer, next.Version, next.Seq = op.Sequencer, engine.VersionDigest(op.VersionID), op.Seq
 	}
 	return x.keys.Put(k, encodeKeyState(next))
 }
@@ -482,8 +494,24 @@ func (s *Store) Pending(origin engine.Origin, after uint64, limit int) ([]*engin
 	return ops, more, err
 }
 
+// put stores an op's record where its state keeps it.
+func (x *tx) put(op *engine.Op, rec []byte) error {
+	if finishedOK(op.State) {
+		return x.done.Put(seqKey(op.Seq), rec)
+	}
+	return x.ops.Put(seqKey(op.Seq), rec)
+}
+
+// record returns an op's stored record, wherever it is (nil: none).
+func (x *tx) record(seq uint64) []byte {
+	if raw := x.ops.Get(seqKey(seq)); raw != nil {
+		return raw
+	}
+	return x.done.Get(seqKey(seq))
+}
+
 func (x *tx) op(seq uint64) (*engine.Op, error) {
-	raw := x.ops.Get(seqKey(seq))
+	raw := x.record(seq)
 	if raw == nil {
 		return nil, fmt.Errorf("operation %d is indexed but not recorded", seq)
 	}
@@ -523,13 +551,13 @@ func (s *Store) OldestPending() (time.Time, bool, error) {
 // OpsOf returns every op recorded for a rule and source version: the first
 // copy, any later passes and, for the null version, every write.
 func (s *Store) OpsOf(rule, bucket, key, version string) ([]*engine.Op, error) {
-	prefix := hash16(engine.OpID(rule, bucket, key, version))
+	prefix := idPrefix(engine.OpID(rule, bucket, key, version))
 	var ops []*engine.Op
 	err := s.db.View(func(t *bolt.Tx) error {
 		x := wrap(t)
 		c := x.ids.Cursor()
-		for k, v := c.Seek(prefix); k != nil && len(k) == 24 && string(k[:16]) == string(prefix); k, v = c.Next() {
-			op, err := x.op(binary.BigEndian.Uint64(v))
+		for k, v := c.Seek(prefix); k != nil && len(k) == idKeyLen && string(k[:idBaseLen]) == string(prefix); k, v = c.Next() {
+			op, err := x.op(idSeq(v))
 			if err != nil {
 				return err
 			}
@@ -551,7 +579,7 @@ func (s *Store) Find(op *engine.Op) (*engine.Op, error) {
 			return nil
 		}
 		var err error
-		found, err = x.op(binary.BigEndian.Uint64(v))
+		found, err = x.op(idSeq(v))
 		return err
 	})
 	return found, err
@@ -687,17 +715,25 @@ func (s *Store) PruneStep(before time.Time, limit int) (int, error) {
 			if err := c.Delete(); err != nil {
 				return err
 			}
-			op, err := x.op(seq)
+			raw := x.done.Get(seqKey(seq))
+			if raw == nil {
+				return fmt.Errorf("operation %d is indexed as finished but not recorded so", seq)
+			}
+			op, err := decodeOp(seq, raw)
 			if err != nil {
 				return err
 			}
-			if err := x.ops.Delete(seqKey(seq)); err != nil {
+			id, hk := finishedKeys(raw)
+			if id == nil {
+				id, hk = idKey(op), hash16(op.DestKeyID())
+			}
+			id, hk = slices.Clone(id), slices.Clone(hk)
+			if err := x.done.Delete(seqKey(seq)); err != nil {
 				return err
 			}
-			if err := x.ids.Delete(idKey(op)); err != nil {
+			if err := x.ids.Delete(id); err != nil {
 				return err
 			}
-			hk := hash16(op.DestKeyID())
 			if raw := x.keys.Get(hk); raw != nil {
 				if ks, err := decodeKeyState(raw); err == nil && ks.Seq == seq {
 					if err := x.keys.Delete(hk); err != nil {

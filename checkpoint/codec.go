@@ -3,6 +3,7 @@ package checkpoint
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -14,7 +15,16 @@ import (
 // Ops are stored in a compact binary form: a million of them must fit in a
 // few hundred MB, and JSON spelled every field name in every record. The
 // layout is positional, behind a format byte so that it can change.
-const opFormat = 1
+//
+// An unfinished or failed op is kept whole (opFormat). A finished one
+// (completed, skipped, superseded) is read afterwards only for its state,
+// time, replica and reason, and by pruning for the keys of its index
+// entries: it keeps those, with its identity and destination key hashed
+// (finishedFormat), at about half the size.
+const (
+	opFormat       = 1
+	finishedFormat = 2
+)
 
 var states = []engine.State{engine.Pending, engine.InFlight, engine.Completed, engine.Failed, engine.Skipped, engine.Superseded}
 
@@ -53,9 +63,11 @@ func appendTime(b []byte, t time.Time) []byte {
 	return binary.AppendVarint(b, t.UnixNano())
 }
 
-// encodeOp renders an op. A finished op keeps what identifies it and what
-// status and pruning read; its error, backoff and source ETag go.
+// encodeOp renders an op.
 func encodeOp(op *engine.Op) []byte {
+	if finishedOK(op.State) {
+		return encodeFinished(op)
+	}
 	b := make([]byte, 0, 160+len(op.Key)+len(op.LastError))
 	b = append(b, opFormat, stateByte(op.State), actionByte(op.Action), originByte(op.Origin))
 	for _, s := range []string{op.Rule, op.Bucket, op.Key, op.VersionID, op.Sequencer, op.Dest, op.DestBucket} {
@@ -83,10 +95,36 @@ func encodeOp(op *engine.Op) []byte {
 	if finished {
 		next, started = time.Time{}, time.Time{}
 	}
-	for _, t := range []time.Time{op.EventTime, op.Recorded, next, started, op.Finished} {
+	eventTime, recorded := op.EventTime, op.Recorded
+	if finished {
+		// Read only while unfinished (latency, age).
+		eventTime, recorded = time.Time{}, time.Time{}
+	}
+	for _, t := range []time.Time{eventTime, recorded, next, started, op.Finished} {
 		b = appendTime(b, t)
 	}
 	return b
+}
+
+func encodeFinished(op *engine.Op) []byte {
+	b := make([]byte, 0, 80+len(op.Rule)+len(op.Replica)+len(op.Reason))
+	b = append(b, finishedFormat, stateByte(op.State), actionByte(op.Action), originByte(op.Origin))
+	b = append(b, idKey(op)...)
+	b = append(b, hash16(op.DestKeyID())...)
+	b = appendString(b, op.Rule)
+	b = appendString(b, op.Replica)
+	b = appendString(b, op.Reason)
+	b = binary.AppendVarint(b, op.Size)
+	return appendTime(b, op.Finished)
+}
+
+// finishedKeys returns the identity and destination-key hashes a finished
+// record keeps (nil for a whole record).
+func finishedKeys(b []byte) (id, dest []byte) {
+	if len(b) < 4+idKeyLen+16 || b[0] != finishedFormat {
+		return nil, nil
+	}
+	return b[4 : 4+idKeyLen], b[4+idKeyLen : 4+idKeyLen+16]
 }
 
 var errCorrupt = errors.New("corrupt operation record")
@@ -162,8 +200,12 @@ func decodeOp(seq uint64, b []byte) (*engine.Op, error) {
 		onDecode()
 	}
 	r := &reader{b: b}
-	if v := r.byte(); v != opFormat {
-		return nil, fmt.Errorf("operation %d: record format %d, this build reads %d", seq, v, opFormat)
+	switch v := r.byte(); v {
+	case opFormat:
+	case finishedFormat:
+		return decodeFinished(seq, r)
+	default:
+		return nil, fmt.Errorf("operation %d: record format %d, this build reads %d and %d", seq, v, opFormat, finishedFormat)
 	}
 	op := &engine.Op{Seq: seq}
 	if s := int(r.byte()); s < len(states) {
@@ -196,6 +238,37 @@ func decodeOp(seq uint64, b []byte) (*engine.Op, error) {
 	return op, nil
 }
 
+// decodeFinished reads a finished record: the op's state and outcome, its
+// rule and size; its identity is there only as hashes.
+func decodeFinished(seq uint64, r *reader) (*engine.Op, error) {
+	op := &engine.Op{Seq: seq}
+	if s := int(r.byte()); s < len(states) {
+		op.State = states[s]
+	} else {
+		r.err = errCorrupt
+	}
+	op.Action = engine.ActionCopy
+	if r.byte() == 1 {
+		op.Action = engine.ActionDeleteMarker
+	}
+	op.Origin = engine.OriginEvent
+	if r.byte() == 1 {
+		op.Origin = engine.OriginBackfill
+	}
+	if len(r.b) < idKeyLen+16 {
+		r.err = errCorrupt
+	} else {
+		r.b = r.b[idKeyLen+16:]
+	}
+	op.Rule, op.Replica, op.Reason = r.string(), r.string(), r.string()
+	op.Size = r.varint()
+	op.Finished = r.time()
+	if r.err != nil {
+		return nil, fmt.Errorf("operation %d: %w", seq, r.err)
+	}
+	return op, nil
+}
+
 // keyState is what was last written to a destination key, and by which op
 // (so that pruning that op can forget it).
 type keyState struct {
@@ -203,23 +276,67 @@ type keyState struct {
 	Seq uint64
 }
 
+// Per-key records are the state file's most numerous after ops: the
+// sequencer is kept as bytes when it is hexadecimal (it always is from S3),
+// the version as its digest.
 func encodeKeyState(k keyState) []byte {
-	b := appendString(nil, k.Sequencer)
-	b = appendString(b, k.VersionID)
+	b := appendHex(nil, k.Sequencer)
+	b = binary.BigEndian.AppendUint64(b, k.Version)
 	b = binary.AppendUvarint(b, k.Seq)
-	return appendString(b, k.LastReplica)
+	return appendString(b, k.LastMarker)
 }
 
 func decodeKeyState(b []byte) (keyState, error) {
 	r := &reader{b: b}
-	k := keyState{KeyState: engine.KeyState{Sequencer: r.string(), VersionID: r.string()}, Seq: r.uvarint()}
-	if len(r.b) > 0 {
-		k.LastReplica = r.string()
+	k := keyState{KeyState: engine.KeyState{Sequencer: r.hex()}}
+	if len(r.b) < 8 {
+		r.err = errCorrupt
+	} else {
+		k.Version, r.b = binary.BigEndian.Uint64(r.b), r.b[8:]
 	}
+	k.Seq, k.LastMarker = r.uvarint(), r.string()
 	if r.err != nil {
 		return keyState{}, fmt.Errorf("key state: %w", r.err)
 	}
 	return k, nil
+}
+
+// appendHex stores an even-length lowercase or uppercase hex string as its
+// bytes (flag 1, and 2 for uppercase), anything else as a string (flag 0).
+func appendHex(b []byte, s string) []byte {
+	if raw, err := hex.DecodeString(s); err == nil && len(s) > 0 {
+		flag := byte(1)
+		if strings.ToUpper(s) == s && strings.ToLower(s) != s {
+			flag = 2
+		}
+		if hexString(raw, flag == 2) == s {
+			b = append(b, flag)
+			b = binary.AppendUvarint(b, uint64(len(raw)))
+			return append(b, raw...)
+		}
+	}
+	return appendString(append(b, 0), s)
+}
+
+func hexString(raw []byte, upper bool) string {
+	s := hex.EncodeToString(raw)
+	if upper {
+		return strings.ToUpper(s)
+	}
+	return s
+}
+
+func (r *reader) hex() string {
+	switch r.byte() {
+	case 0:
+		return r.string()
+	case 1:
+		return hexString([]byte(r.string()), false)
+	case 2:
+		return hexString([]byte(r.string()), true)
+	}
+	r.err = errCorrupt
+	return ""
 }
 
 // Keys of the index buckets. Long identifiers (a key can be 1,024 bytes)
@@ -231,19 +348,33 @@ func hash16(s string) []byte {
 	return h[:16]
 }
 
-// idKey indexes an op by its identity: the version it copies (16 bytes,
+// idKey indexes an op by its identity: the version it copies (12 bytes,
 // so that every pass of a version is found by prefix) and the rest of its
-// ID (pass, or the sequencer of a null version).
+// ID (4 bytes: the pass, or the sequencer of a null version). 96 bits make
+// a collision between versions as unlikely as the full hash would; the
+// suffix tells apart the few ops of one version.
 func idKey(op *engine.Op) []byte {
 	base := engine.OpID(op.Rule, op.Bucket, op.Key, op.VersionID)
 	return idKeyOf(base, strings.TrimPrefix(op.ID(), base))
 }
 
+const idBaseLen, idKeyLen = 12, 16
+
 func idKeyOf(base, rest string) []byte {
-	k := make([]byte, 0, 24)
-	k = append(k, hash16(base)...)
+	k := make([]byte, 0, idKeyLen)
+	k = append(k, hash16(base)[:idBaseLen]...)
 	h := sha256.Sum256([]byte(rest))
-	return append(k, h[:8]...)
+	return append(k, h[:idKeyLen-idBaseLen]...)
+}
+
+func idPrefix(base string) []byte { return hash16(base)[:idBaseLen] }
+
+// idValue and idSeq store an op's seq in the identity index, as a varint.
+func idValue(seq uint64) []byte { return binary.AppendUvarint(nil, seq) }
+
+func idSeq(v []byte) uint64 {
+	seq, _ := binary.Uvarint(v)
+	return seq
 }
 
 func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }

@@ -142,7 +142,7 @@ func TestPruneTakesPerKeyDataWithIt(t *testing.T) {
 		t.Fatal("a pruned op is still found")
 	}
 	err := st.db.View(func(t *bolt.Tx) error {
-		for _, b := range [][]byte{bucketOps, bucketIDs, bucketFinished, bucketKeys} {
+		for _, b := range [][]byte{bucketOps, bucketDone, bucketIDs, bucketFinished, bucketKeys} {
 			if n := t.Bucket(b).Stats().KeyN; n > 8 {
 				return fmt.Errorf("bucket %s holds %d entries after pruning", b, n)
 			}
@@ -190,7 +190,7 @@ func TestMigrationFromSchema1(t *testing.T) {
 			ops.Put([]byte(op.ID()), raw)
 		}
 		keys, _ := t.CreateBucket([]byte("keys"))
-		ks, _ := json.Marshal(engine.KeyState{Sequencer: "0A", VersionID: "v1"})
+		ks, _ := json.Marshal(map[string]string{"sequencer": "0A", "version_id": "v1"})
 		keys.Put([]byte(v1[0].DestKeyID()), ks)
 		up, _ := t.CreateBucket([]byte("uploads"))
 		u, _ := json.Marshal(engine.Upload{UploadID: "u1", PartSize: 5 << 20, Size: 20})
@@ -227,7 +227,7 @@ func TestMigrationFromSchema1(t *testing.T) {
 	if err != nil || len(live) != 2 || live[0].Key != "first" || live[1].Key != "later" {
 		t.Fatalf("live backlog after migration: %v %v, want first then later", live, err)
 	}
-	if ks, ok, _ := st.LastWritten(v1[0].DestKeyID()); !ok || ks.VersionID != "v1" {
+	if ks, ok, _ := st.LastWritten(v1[0].DestKeyID()); !ok || ks.Version != engine.VersionDigest("v1") || ks.Sequencer != "0A" {
 		t.Fatalf("last written after migration: %v %v", ks, ok)
 	}
 	if ops, _ := st.OpsOf("r", "b", "first", "v2"); len(ops) != 2 || ops[1].Pass != "backfill-7" {

@@ -132,11 +132,15 @@ func migrateKeys(db *bolt.DB) (int, error) {
 		keys := t.Bucket(bucketKeys)
 		c := old.Cursor()
 		for k, v := c.First(); k != nil && n < migrateBatch; k, v = c.First() {
-			var ks engine.KeyState
+			var ks struct {
+				Sequencer string `json:"sequencer"`
+				VersionID string `json:"version_id"`
+			}
 			if err := json.Unmarshal(v, &ks); err != nil {
 				return fmt.Errorf("decode schema 1 key state %q: %w", k, err)
 			}
-			if err := keys.Put(hash16(string(k)), encodeKeyState(keyState{KeyState: ks})); err != nil {
+			rec := keyState{KeyState: engine.KeyState{Sequencer: ks.Sequencer, Version: engine.VersionDigest(ks.VersionID)}}
+			if err := keys.Put(hash16(string(k)), encodeKeyState(rec)); err != nil {
 				return err
 			}
 			if err := c.Delete(); err != nil {

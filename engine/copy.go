@@ -36,7 +36,7 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 			if err != nil {
 				return "", fmt.Errorf("look for an earlier replica of %s: %w", op, err)
 			}
-			of.NotMarker = last.LastReplica
+			of.NotMarker = last.LastMarker
 		}
 		v, found, err := dest.FindReplica(ctx, op.DestBucket, op.DestKey, op.Action, of, op.WriteStarted)
 		if err != nil {

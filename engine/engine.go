@@ -623,9 +623,9 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 		if ok && last.Sequencer != "" {
 			switch c := event.CompareSequencer(op.Sequencer, last.Sequencer); {
 			case c < 0:
-				e.finish(ctx, op, Superseded, "a newer version ("+last.VersionID+") was already written")
+				e.finish(ctx, op, Superseded, "a newer version (sequencer "+last.Sequencer+") was already written")
 				return
-			case c == 0 && last.VersionID == op.VersionID:
+			case c == 0 && last.Version == VersionDigest(op.VersionID):
 				e.finish(ctx, op, Completed, "")
 				return
 			}

@@ -128,15 +128,27 @@ func (o *Op) String() string {
 }
 
 // KeyState is what was last written to a destination key: the newest
-// source version by sequencer, and the replica of the last write, whatever
-// it was.
+// source version by sequencer, and the last write's delete marker.
 type KeyState struct {
-	Sequencer string `json:"sequencer"`
-	VersionID string `json:"version_id"`
-	// LastReplica is the destination version id of the last write to the
-	// key: a delete marker looking for its own replica after a crash must
-	// not take an earlier write's marker for it.
-	LastReplica string `json:"last_replica,omitempty"`
+	Sequencer string
+	// Version is the VersionDigest of the newest source version written.
+	Version uint64
+	// LastMarker is the destination version id of the last write to the
+	// key when that write was a delete marker: a delete marker looking for
+	// its own replica after a crash must not take an earlier write's
+	// marker for it.
+	LastMarker string
+}
+
+// VersionDigest is a 64-bit digest of a source version id: what the state
+// file keeps per key to tell "this version was written" (FNV-1a).
+func VersionDigest(v string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(v); i++ {
+		h ^= uint64(v[i])
+		h *= 1099511628211
+	}
+	return h
 }
 
 // StateStore is the durable record of operations (the bbolt state file).
