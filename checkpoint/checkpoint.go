@@ -186,7 +186,7 @@ func IsDiskFull(err error) bool {
 type tx struct {
 	*bolt.Tx
 	ops, done, ids, pending, failed, finished, keys *bolt.Bucket
-	stats                                     deltas
+	stats                                           deltas
 }
 
 func wrap(t *bolt.Tx) *tx {
