@@ -19,6 +19,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -47,6 +49,7 @@ type options struct {
 	skipRC    bool
 	skipDrain bool
 	dir       string
+	profile   string
 }
 
 func main() {
@@ -57,6 +60,7 @@ func main() {
 	flag.BoolVar(&o.tls, "tls", false, "serve S3 over HTTPS with a private CA")
 	flag.BoolVar(&o.skipRC, "no-rclone", false, "measure s3replicad alone")
 	flag.StringVar(&o.dir, "dir", "", "work directory (default: a temporary one, removed)")
+	flag.StringVar(&o.profile, "cpuprofile", "", "save a 10-second CPU profile of the daemon from 20% of the drain to this file")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -286,6 +290,7 @@ func (b *scale) drain(ctx context.Context) error {
 	var tenths []tenth
 	status := map[int]time.Duration{}
 	var peak int64
+	profiling := false
 	for {
 		text := testenv.Scrape(listen)
 		got := int(metric(text, `s3replicad_replicated_objects_total{rule="scale"}`))
@@ -293,6 +298,10 @@ func (b *scale) drain(ctx context.Context) error {
 		peak = max(peak, hwm)
 		for len(tenths) < 10 && got >= (len(tenths)+1)*n/10 {
 			tenths = append(tenths, tenth{time.Since(t0), cpu - cpu0})
+		}
+		if b.o.profile != "" && !profiling && got >= n/5 {
+			profiling = true
+			go fetchProfile(filepath.Join(filepath.Dir(cfg), "state", "admin.sock"), b.o.profile)
 		}
 		for _, pct := range []int{25, 50, 75} {
 			if _, ok := status[pct]; !ok && got >= pct*n/100 {
@@ -360,6 +369,26 @@ func (b *scale) drain(ctx context.Context) error {
 		fmt.Printf("  s3replicad / rclone objects/s: %.2fx\n\n", rc.Seconds()/wall.Seconds())
 	}
 	return nil
+}
+
+// fetchProfile saves 10 seconds of the daemon's CPU profile from its admin
+// socket.
+func fetchProfile(socket, path string) {
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}}}
+	resp, err := hc.Get("http://s3replicad/debug/pprof/profile?seconds=10")
+	if err != nil {
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_, _ = io.Copy(f, resp.Body)
 }
 
 func bodies(evs []testenv.Event) []string {
