@@ -136,8 +136,20 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return 
 func (c *copyConn) ReadFrom(r io.Reader) (int64, error) { return copyFrom(c.Conn, r) }
 
 // copyFrom copies r to w through a pooled buffer; w is wrapped so that
-// io.CopyBuffer cannot hand the copy back to a ReadFrom of w's own.
+// io.CopyBuffer cannot hand the copy back to a ReadFrom of w's own. A body
+// that is all in memory (what net/http hands over is the body limited to
+// its length) goes in one write, which TLS cuts into records itself.
 func copyFrom(w io.Writer, r io.Reader) (int64, error) {
+	if lr, ok := r.(*io.LimitedReader); ok {
+		if mem, ok := lr.R.(interface {
+			io.WriterTo
+			Len() int
+		}); ok && int64(mem.Len()) <= lr.N {
+			n, err := mem.WriteTo(struct{ io.Writer }{w})
+			lr.N -= n
+			return n, err
+		}
+	}
 	buf := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(buf)
 	return io.CopyBuffer(struct{ io.Writer }{w}, r, *buf)
@@ -159,6 +171,9 @@ type progressConn struct {
 	stall time.Duration
 	tick  time.Duration
 	last  atomic.Int64 // unix nanoseconds of the last byte either way
+	// The deadlines last set; each is moved only once it is within half a
+	// tick, not on every read and write (one reader, one writer at a time).
+	readBy, writeBy time.Time
 	// queued is the send queue's length when last looked at.
 	queued atomic.Int64
 }
@@ -197,8 +212,11 @@ func (p *progressConn) stalled() bool {
 
 func (p *progressConn) Read(b []byte) (int, error) {
 	for {
-		if err := p.Conn.SetReadDeadline(time.Now().Add(p.tick)); err != nil {
-			return 0, err
+		if now := time.Now(); p.readBy.Sub(now) < p.tick/2 {
+			p.readBy = now.Add(p.tick)
+			if err := p.Conn.SetReadDeadline(p.readBy); err != nil {
+				return 0, err
+			}
 		}
 		n, err := p.Conn.Read(b)
 		if n > 0 {
@@ -218,8 +236,11 @@ func (p *progressConn) Read(b []byte) (int, error) {
 func (p *progressConn) Write(b []byte) (int, error) {
 	done := 0
 	for done < len(b) {
-		if err := p.Conn.SetWriteDeadline(time.Now().Add(p.tick)); err != nil {
-			return done, err
+		if now := time.Now(); p.writeBy.Sub(now) < p.tick/2 {
+			p.writeBy = now.Add(p.tick)
+			if err := p.Conn.SetWriteDeadline(p.writeBy); err != nil {
+				return done, err
+			}
 		}
 		n, err := p.Conn.Write(b[done:])
 		done += n
