@@ -230,8 +230,8 @@ func (w *world) statusCounts() (map[string]int64, error) {
 }
 
 // waitExact waits until the destination is an exact replica of the source
-// for keys and the state file holds nothing unfinished, failed or skipped,
-// and returns how long that took. It fails the test with what is still
+// for keys, the state file holds nothing unfinished, failed or skipped and
+// the queue is empty, and returns how long that took. It fails the test with what is still
 // wrong when within does not suffice.
 func (w *world) waitExact(keys []string, within time.Duration) time.Duration {
 	w.t.Helper()
@@ -260,6 +260,10 @@ func (w *world) waitReplica(keys []string, within time.Duration) (time.Duration,
 				last = []string{fmt.Sprintf("state: %d pending, %d in flight", counts["pending"], counts["in_flight"])}
 			case counts["failed"] > 0 || counts["skipped"] > 0:
 				w.t.Fatalf("%d operations failed and %d were skipped: %v", counts["failed"], counts["skipped"], counts)
+			case w.queueDepth() > 0:
+				// A message a killed daemon had received comes back only
+				// after the visibility timeout.
+				last = []string{fmt.Sprintf("%d messages still in the queue", w.queueDepth())}
 			default:
 				return time.Since(start), missing
 			}
