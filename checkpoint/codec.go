@@ -207,20 +207,7 @@ func decodeOp(seq uint64, b []byte) (*engine.Op, error) {
 	default:
 		return nil, fmt.Errorf("operation %d: record format %d, this build reads %d and %d", seq, v, opFormat, finishedFormat)
 	}
-	op := &engine.Op{Seq: seq}
-	if s := int(r.byte()); s < len(states) {
-		op.State = states[s]
-	} else {
-		r.err = errCorrupt
-	}
-	op.Action = engine.ActionCopy
-	if r.byte() == 1 {
-		op.Action = engine.ActionDeleteMarker
-	}
-	op.Origin = engine.OriginEvent
-	if r.byte() == 1 {
-		op.Origin = engine.OriginBackfill
-	}
+	op := r.header(seq)
 	op.Rule, op.Bucket, op.Key, op.VersionID = r.string(), r.string(), r.string(), r.string()
 	op.Sequencer, op.Dest, op.DestBucket = r.string(), r.string(), r.string()
 	if r.byte() == 1 {
@@ -238,23 +225,28 @@ func decodeOp(seq uint64, b []byte) (*engine.Op, error) {
 	return op, nil
 }
 
-// decodeFinished reads a finished record: the op's state and outcome, its
-// rule and size; its identity is there only as hashes.
-func decodeFinished(seq uint64, r *reader) (*engine.Op, error) {
-	op := &engine.Op{Seq: seq}
+// header reads what both record formats start with after the format
+// byte: state, action and origin.
+func (r *reader) header(seq uint64) *engine.Op {
+	op := &engine.Op{Seq: seq, Action: engine.ActionCopy, Origin: engine.OriginEvent}
 	if s := int(r.byte()); s < len(states) {
 		op.State = states[s]
 	} else {
 		r.err = errCorrupt
 	}
-	op.Action = engine.ActionCopy
 	if r.byte() == 1 {
 		op.Action = engine.ActionDeleteMarker
 	}
-	op.Origin = engine.OriginEvent
 	if r.byte() == 1 {
 		op.Origin = engine.OriginBackfill
 	}
+	return op
+}
+
+// decodeFinished reads a finished record: the op's state and outcome, its
+// rule and size; its identity is there only as hashes.
+func decodeFinished(seq uint64, r *reader) (*engine.Op, error) {
+	op := r.header(seq)
 	if len(r.b) < idKeyLen+16 {
 		r.err = errCorrupt
 	} else {

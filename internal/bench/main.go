@@ -14,8 +14,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -468,7 +466,7 @@ rules:
 	}
 	<-profiled
 	if b.o.profile != "" {
-		fetchProfile(filepath.Join(dir, "state", "admin.sock"), "allocs", fmt.Sprintf("%s-%s.allocs", b.o.profile, bucket))
+		_ = testenv.FetchProfile(filepath.Join(dir, "state", "admin.sock"), "allocs", fmt.Sprintf("%s-%s.allocs", b.o.profile, bucket))
 	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
@@ -486,25 +484,8 @@ func (b *bench) runRclone(ctx context.Context, w *workload) (measurement, error)
 		return measurement{}, err
 	}
 	defer b.dropBucket(ctx, bucket)
-	args := []string{"copy", "src:" + b.srcBkt + "/" + w.prefix, "dst:" + bucket + "/" + w.prefix,
-		"--transfers", "32", "--checkers", "32", "--s3-upload-concurrency", "8", "--s3-chunk-size", "16M",
-		"--config", filepath.Join(b.dir, "rclone.conf"), "--stats", "0"}
-	if b.env.TLS != nil {
-		args = append(args, "--ca-cert", b.env.TLS.CAFile)
-	}
-	cmd := exec.CommandContext(ctx, "rclone", args...)
-	// A CA bundle from the environment makes rclone 1.60 refuse to start;
-	// the CA it needs is given with --ca-cert.
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "AWS_CA_BUNDLE=") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	for _, r := range []struct{ name, url string }{{"SRC", b.env.Source}, {"DST", b.env.Destination}} {
-		p := "RCLONE_CONFIG_" + r.name + "_"
-		cmd.Env = append(cmd.Env, p+"TYPE=s3", p+"PROVIDER=Other", p+"ENDPOINT="+r.url, p+"FORCE_PATH_STYLE=true",
-			p+"ACCESS_KEY_ID="+testenv.AccessKey, p+"SECRET_ACCESS_KEY="+testenv.SecretKey, p+"REGION="+testenv.Region)
-	}
+	cmd := b.env.Rclone(ctx, filepath.Join(b.dir, "rclone.conf"), "copy", "src:"+b.srcBkt+"/"+w.prefix, "dst:"+bucket+"/"+w.prefix,
+		"--transfers", "32", "--checkers", "32", "--s3-upload-concurrency", "8", "--s3-chunk-size", "16M")
 	out := &strings.Builder{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -597,27 +578,7 @@ func saveProfile(socket, path string) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	fetchProfile(socket, "profile?seconds=4", path)
-}
-
-// fetchProfile saves one of the daemon's profiles (pprof's name and
-// query) from its admin socket.
-func fetchProfile(socket, name, path string) {
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", socket)
-	}}}
-	resp, err := hc.Get("http://s3replicad/debug/pprof/" + name)
-	if err != nil {
-		return
-	}
-	defer resp.Body.Close()
-	f, err := os.Create(path)
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	_, _ = io.Copy(f, resp.Body)
+	_ = testenv.FetchProfile(socket, "profile?seconds=4", path)
 }
 
 func usage(ps *os.ProcessState) measurement {

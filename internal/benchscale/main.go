@@ -19,8 +19,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -301,7 +299,9 @@ func (b *scale) drain(ctx context.Context) error {
 		}
 		if b.o.profile != "" && !profiling && got >= n/5 {
 			profiling = true
-			go fetchProfile(filepath.Join(filepath.Dir(cfg), "state", "admin.sock"), b.o.profile)
+			go func() {
+				_ = testenv.FetchProfile(filepath.Join(filepath.Dir(cfg), "state", "admin.sock"), "profile?seconds=10", b.o.profile)
+			}()
 		}
 		for _, pct := range []int{25, 50, 75} {
 			if _, ok := status[pct]; !ok && got >= pct*n/100 {
@@ -371,26 +371,6 @@ func (b *scale) drain(ctx context.Context) error {
 	return nil
 }
 
-// fetchProfile saves 10 seconds of the daemon's CPU profile from its admin
-// socket.
-func fetchProfile(socket, path string) {
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", socket)
-	}}}
-	resp, err := hc.Get("http://s3replicad/debug/pprof/profile?seconds=10")
-	if err != nil {
-		return
-	}
-	defer resp.Body.Close()
-	f, err := os.Create(path)
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	_, _ = io.Copy(f, resp.Body)
-}
-
 func bodies(evs []testenv.Event) []string {
 	out := make([]string, len(evs))
 	for i, ev := range evs {
@@ -407,21 +387,7 @@ func (b *scale) rclone(ctx context.Context) (time.Duration, error) {
 	if err := os.WriteFile(conf, nil, 0o600); err != nil {
 		return 0, err
 	}
-	args := []string{"copy", "src:" + b.bucket, "dst:scale-rc", "--transfers", "32", "--checkers", "32", "--config", conf, "--stats", "0"}
-	if b.env.TLS != nil {
-		args = append(args, "--ca-cert", b.env.TLS.CAFile)
-	}
-	cmd := exec.CommandContext(ctx, "rclone", args...)
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "AWS_CA_BUNDLE=") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	for _, r := range []struct{ name, url string }{{"SRC", b.env.Source}, {"DST", b.env.Destination}} {
-		p := "RCLONE_CONFIG_" + r.name + "_"
-		cmd.Env = append(cmd.Env, p+"TYPE=s3", p+"PROVIDER=Other", p+"ENDPOINT="+r.url, p+"FORCE_PATH_STYLE=true",
-			p+"ACCESS_KEY_ID="+testenv.AccessKey, p+"SECRET_ACCESS_KEY="+testenv.SecretKey, p+"REGION="+testenv.Region)
-	}
+	cmd := b.env.Rclone(ctx, conf, "copy", "src:"+b.bucket, "dst:scale-rc", "--transfers", "32", "--checkers", "32")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
