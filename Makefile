@@ -36,7 +36,7 @@ bench-scale: testenv build
 # SEED=N replays a run (the seed is printed).
 KILLS ?= 50
 soak: testenv
-	CI=true S3REPLICAD_KILLS=$(KILLS) S3REPLICAD_KILL_SEED=$(SEED) $(GO) test -count=1 -timeout 30m -run 'TestKillLoop' -v ./e2e/ | grep -E 'kill loop|^(---|ok|FAIL|PASS)'
+	CI=true S3REPLICAD_KILLS=$(KILLS) S3REPLICAD_KILL_SEED=$(SEED) $(GO) test -count=1 -timeout 30m -run 'TestKillLoop' -v ./e2e/ | grep -E 'kill loop|(killloop|strict)_test.go:[0-9]+:|^(---|ok|FAIL|PASS)'
 
 # s3replicad against rclone between the local servers; see README.
 # BENCHFLAGS passes options, e.g. BENCHFLAGS='-rounds 5 -memcheck-size 0'.

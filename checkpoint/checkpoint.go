@@ -394,12 +394,11 @@ func (x *tx) advanceKey(op *engine.Op) error {
 			return err
 		}
 	}
-	// The last marker follows every write; the newest version moves
+	// The last replica follows every write; the newest version moves
 	// forward only.
 	next := last
-	next.LastMarker = ""
-	if op.Action == engine.ActionDeleteMarker {
-		next.LastMarker = op.Replica
+	if op.Replica != "" {
+		next.LastReplica = engine.VersionDigest(op.Replica)
 	}
 	if (op.Sequencer != "" || last.Sequencer == "") &&
 		(last.Sequencer == "" || event.CompareSequencer(op.Sequencer, last.Sequencer) >= 0) {

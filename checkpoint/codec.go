@@ -275,7 +275,7 @@ func encodeKeyState(k keyState) []byte {
 	b := appendHex(nil, k.Sequencer)
 	b = binary.BigEndian.AppendUint64(b, k.Version)
 	b = binary.AppendUvarint(b, k.Seq)
-	return appendString(b, k.LastMarker)
+	return binary.BigEndian.AppendUint64(b, k.LastReplica)
 }
 
 func decodeKeyState(b []byte) (keyState, error) {
@@ -286,7 +286,10 @@ func decodeKeyState(b []byte) (keyState, error) {
 	} else {
 		k.Version, r.b = binary.BigEndian.Uint64(r.b), r.b[8:]
 	}
-	k.Seq, k.LastMarker = r.uvarint(), r.string()
+	k.Seq = r.uvarint()
+	if len(r.b) >= 8 {
+		k.LastReplica = binary.BigEndian.Uint64(r.b)
+	}
 	if r.err != nil {
 		return keyState{}, fmt.Errorf("key state: %w", r.err)
 	}

@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"bytes"
+	"fmt"
 	"hash/crc32"
 	"testing"
 	"time"
 
 	"github.com/s3replicad/s3replicad/engine"
 	"github.com/s3replicad/s3replicad/engine/s3store"
+	"github.com/s3replicad/s3replicad/internal/faultproxy"
 	"github.com/s3replicad/s3replicad/internal/testenv"
 )
 
@@ -48,7 +51,7 @@ func TestFindReplicaOnARealStore(t *testing.T) {
 		t.Fatalf("delete marker %s not found as the newest version (got %q, %v)", dm1, v, ok)
 	}
 	// A marker known to be an earlier write's is not this one's.
-	if _, ok, err := st.FindReplica(w.ctx, w.dstBucket, "k", engine.ActionDeleteMarker, engine.ReplicaOf{NotMarker: dm1}, since); err != nil || ok {
+	if _, ok, err := st.FindReplica(w.ctx, w.dstBucket, "k", engine.ActionDeleteMarker, engine.ReplicaOf{After: engine.VersionDigest(dm1)}, since); err != nil || ok {
 		t.Fatalf("an earlier write's marker %s was taken for a later delete's (%v)", dm1, err)
 	}
 	v2 := put("s2")
@@ -77,5 +80,40 @@ func TestFindReplicaOnARealStore(t *testing.T) {
 	}
 	if v, ok := seq("0B"); ok {
 		t.Fatalf("the replica of an earlier null-version write (%s) was taken for a later one's", v)
+	}
+
+	// On a hot key the search stops at the last recorded write, and reads
+	// the metadata of versions of the right size only: after a crash each
+	// unfinished op costs a listing and a HEAD or two, not one per version.
+	proxy, err := faultproxy.Start(env.Destination)
+	must(t, err)
+	defer proxy.Close()
+	counted, err := s3store.New(w.ctx, s3store.Config{Endpoint: proxy.URL(), PathStyle: true,
+		AccessKeyID: testenv.AccessKey, SecretAccessKey: testenv.SecretKey})
+	must(t, err)
+	var hot []string
+	body := bytes.Repeat([]byte("h"), 100)
+	for i := 0; i < 30; i++ {
+		meta := engine.ObjectMeta{Metadata: map[string]string{engine.MetaSourceVersion: fmt.Sprintf("h%d", i)}}
+		v, err := st.Put(w.ctx, w.dstBucket, "hot", meta, engine.Payload{Data: body, CRC32C: crc32.Checksum(body, crc32.MakeTable(crc32.Castagnoli))})
+		must(t, err)
+		hot = append(hot, v)
+	}
+	odd := []byte("odd size")
+	_, err = st.Put(w.ctx, w.dstBucket, "hot", engine.ObjectMeta{Metadata: map[string]string{engine.MetaSourceVersion: "other"}},
+		engine.Payload{Data: odd, CRC32C: crc32.Checksum(odd, crc32.MakeTable(crc32.Castagnoli))})
+	must(t, err)
+	look := func(of engine.ReplicaOf) (string, bool, int64) {
+		t.Helper()
+		before := proxy.Requests()
+		v, ok, err := counted.FindReplica(w.ctx, w.dstBucket, "hot", engine.ActionCopy, of, since)
+		must(t, err)
+		return v, ok, proxy.Requests() - before
+	}
+	if v, ok, n := look(engine.ReplicaOf{Version: "h29", Size: 100, After: engine.VersionDigest(hot[28])}); !ok || v != hot[29] || n > 2 {
+		t.Fatalf("the write after the last recorded one: found %v (%s, want %s) in %d requests, want a listing and one HEAD", ok, v, hot[29], n)
+	}
+	if _, ok, n := look(engine.ReplicaOf{Version: "h30", Size: 100, After: engine.VersionDigest(hot[29])}); ok || n > 1 {
+		t.Fatalf("a write that never happened: found %v in %d requests, want one listing", ok, n)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -113,6 +114,9 @@ func TestKillLoop(t *testing.T) {
 	killed := time.Since(start)
 	d := w.start()
 	took, missing := w.waitReplica(keys, 120*time.Second)
+	if took > 30*time.Second {
+		t.Logf("slow drain; the last daemon's warnings:\n%s", warnings(d.logs.String()))
+	}
 	d.stop()
 	// Events that were in flight at a kill come back after the visibility
 	// timeout, often after a newer version of their key was written: those
@@ -120,4 +124,15 @@ func TestKillLoop(t *testing.T) {
 	w.checkSuperseded(missing)
 	t.Logf("kill loop: %d kills in %v while %d changes were written (%d copied in parts, %d delete markers); seed %d; exact replica %v after the last restart; %d versions superseded by a newer one written first",
 		kills, killed.Round(time.Second), written, large, markers, seed, took.Round(10*time.Millisecond), len(missing))
+}
+
+// warnings keeps a log's WARN and ERROR lines.
+func warnings(log string) string {
+	var out []string
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
 }

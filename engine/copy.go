@@ -31,13 +31,11 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 		// A write may have landed before a crash or a lost response: look
 		// for it rather than writing a second replica.
 		of := op.ReplicaOf()
-		if op.Action == ActionDeleteMarker {
-			last, _, err := e.cfg.State.LastWritten(op.DestKeyID())
-			if err != nil {
-				return "", fmt.Errorf("look for an earlier replica of %s: %w", op, err)
-			}
-			of.NotMarker = last.LastMarker
+		last, _, err := e.cfg.State.LastWritten(op.DestKeyID())
+		if err != nil {
+			return "", fmt.Errorf("look for an earlier replica of %s: %w", op, err)
 		}
+		of.After = last.LastReplica
 		v, found, err := dest.FindReplica(ctx, op.DestBucket, op.DestKey, op.Action, of, op.WriteStarted)
 		if err != nil {
 			return "", fmt.Errorf("look for an earlier replica of %s: %w", op, err)

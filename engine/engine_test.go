@@ -123,8 +123,11 @@ func (m *memStore) FindReplica(_ context.Context, bucket, key string, a engine.A
 	defer m.mu.Unlock()
 	vs := m.versions[bucket+"/"+key]
 	for i := len(vs) - 1; i >= 0; i-- {
+		if of.After != 0 && engine.VersionDigest(vs[i].id) == of.After {
+			return "", false, nil
+		}
 		if a == engine.ActionDeleteMarker {
-			return vs[i].id, vs[i].marker && vs[i].id != of.NotMarker, nil
+			return vs[i].id, vs[i].marker, nil
 		}
 		if !vs[i].marker && of.Matches(vs[i].meta.Metadata) {
 			return vs[i].id, true, nil

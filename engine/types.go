@@ -133,11 +133,12 @@ type KeyState struct {
 	Sequencer string
 	// Version is the VersionDigest of the newest source version written.
 	Version uint64
-	// LastMarker is the destination version id of the last write to the
-	// key when that write was a delete marker: a delete marker looking for
-	// its own replica after a crash must not take an earlier write's
-	// marker for it.
-	LastMarker string
+	// LastReplica is the VersionDigest of the destination version the last
+	// recorded write to the key made. Writes to a key go one at a time and
+	// the key is held until its write is recorded, so a replica whose
+	// record was lost (a crash, a lost answer) can only be newer than it:
+	// looking for one stops there.
+	LastReplica uint64
 }
 
 // VersionDigest is a 64-bit digest of a source version id: what the state
@@ -316,10 +317,18 @@ type ReplicaOf struct {
 	// Sequencer tells one write of a null version from the next; set for
 	// null versions only.
 	Sequencer string
-	// NotMarker is a delete marker known to be an earlier write's replica:
-	// delete markers carry no metadata, so it cannot be this one's.
-	NotMarker string
+	// After is KeyState.LastReplica: versions from that one down are
+	// earlier writes' (0: not known; the time bound alone applies).
+	After uint64
+	// Size, when above 0, is the source version's: a replica has it, so
+	// only versions of that size are worth reading the metadata of. (ETags
+	// would narrow it further but are not MD5s under SSE-KMS.)
+	Size int64
 }
+
+// Candidate reports whether a listed destination version can be this
+// replica, by what the listing shows: only candidates are worth a HEAD.
+func (r ReplicaOf) Candidate(v Version) bool { return r.Size <= 0 || v.Size == r.Size }
 
 // Matches reports whether a version's user metadata marks it as this
 // replica.
@@ -334,7 +343,7 @@ func (r ReplicaOf) Matches(meta map[string]string) bool {
 
 // ReplicaOf describes the replica op writes.
 func (o *Op) ReplicaOf() ReplicaOf {
-	r := ReplicaOf{Version: o.VersionID, Pass: o.Pass}
+	r := ReplicaOf{Version: o.VersionID, Pass: o.Pass, Size: o.Size}
 	if o.VersionID == "" {
 		r.Sequencer = o.Sequencer
 	}

@@ -602,16 +602,15 @@ func (s *Store) FindReplica(ctx context.Context, bucket, key string, a engine.Ac
 				}
 				continue
 			}
-			if v.LastModified.Before(after) {
-				return "", false, nil // newest first: nothing older can be ours
+			if v.LastModified.Before(after) || of.After != 0 && engine.VersionDigest(v.VersionID) == of.After {
+				return "", false, nil // newest first: the rest are earlier writes'
 			}
 			if a == engine.ActionDeleteMarker {
 				// Writes to a key are made one at a time, in order: a delete
-				// marker of ours would be its newest version. An older one
-				// is an earlier delete's.
-				return v.VersionID, v.DeleteMarker && v.VersionID != of.NotMarker, nil
+				// marker of ours would be its newest version.
+				return v.VersionID, v.DeleteMarker, nil
 			}
-			if v.DeleteMarker {
+			if v.DeleteMarker || !of.Candidate(v) {
 				continue
 			}
 			head, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &bucket, Key: &key, VersionId: optional(v.VersionID)})
