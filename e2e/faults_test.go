@@ -124,3 +124,29 @@ func runFault(t *testing.T, c faultCase) {
 	t.Logf("%s %s: %d requests faulted; exact replica %v after the fault ended", c.side, c.name, hits, drained.Round(10*time.Millisecond))
 	d.stop()
 }
+
+// SIGTERM while the destination stalls: the daemon exits 0 within
+// shutdown_timeout (the harness sets 10s), with the copies in flight
+// checkpointed; the next start, once the destination answers, finishes
+// them with exactly one replica each.
+func TestShutdownDuringAnOutage(t *testing.T) {
+	t.Parallel()
+	proxy, err := faultproxy.Start(env.Destination)
+	must(t, err)
+	t.Cleanup(proxy.Close)
+	w := newWorld(t, worldOpts{rules: markerRules, transfer: "  workers: 4\n  part_size: 5MiB\n  multipart_threshold: 6MiB\n", dstEndpoint: proxy.URL()})
+	d := w.start()
+	proxy.Set(faultproxy.Fault{Kind: faultproxy.Stall})
+	evs, keys := w.mixedWorkload(true)
+	must(t, w.pub.SendEvents(w.ctx, evs...))
+	waitFor(t, 20*time.Second, "writes stalled", func() bool { return proxy.Hits() >= 4 })
+	start := time.Now()
+	d.stop() // requires exit 0 within 20s
+	if took := time.Since(start); took > 11*time.Second {
+		t.Fatalf("stopped after %v, shutdown_timeout is 10s", took)
+	}
+	must(t, proxy.Clear())
+	d = w.start()
+	w.waitExact(keys, 60*time.Second)
+	d.stop()
+}
