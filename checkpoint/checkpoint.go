@@ -22,7 +22,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -79,7 +78,7 @@ type Options struct {
 	ReadOnly bool
 	// Timeout is how long to wait for the file lock.
 	Timeout time.Duration
-	// Logger, when set, hears about a migration.
+	// Progress, when set, hears how a migration of an older file goes.
 	Progress func(format string, args ...any)
 }
 
@@ -174,12 +173,6 @@ func (s *Store) Close() error { return s.db.Close() }
 
 // Path is the state file's path.
 func (s *Store) Path() string { return s.db.Path() }
-
-// IsDiskFull reports whether a state file error means its disk (or the
-// user's quota on it) is full.
-func IsDiskFull(err error) bool {
-	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
-}
 
 // tx gives the buckets of a write transaction, the append-mostly ones
 // packed tight: their keys grow with every write.
@@ -751,8 +744,8 @@ func (s *Store) PruneStep(before time.Time, limit int) (int, error) {
 // Stats are the state file's bbolt statistics (benchmarks read them).
 func (s *Store) Stats() bolt.Stats { return s.db.Stats() }
 
-// Reads counts the pages of the file read by transactions so far
-// (benchmarks and the scale tests use it).
+// Size is the state file's size in bytes (the scale benchmark reports it
+// per operation).
 func (s *Store) Size() (int64, error) {
 	fi, err := os.Stat(s.db.Path())
 	if err != nil {

@@ -239,21 +239,6 @@ func (s *scheduler) Len() int {
 	return s.count
 }
 
-// Oldest returns the earliest Since() of the ops held.
-func (s *scheduler) Oldest() (time.Time, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var oldest time.Time
-	for _, kq := range s.keys {
-		for _, op := range kq.ops {
-			if t := op.Since(); oldest.IsZero() || t.Before(oldest) {
-				oldest = t
-			}
-		}
-	}
-	return oldest, !oldest.IsZero()
-}
-
 // Close stops backoff timers.
 func (s *scheduler) Close() {
 	s.mu.Lock()

@@ -60,8 +60,9 @@ func stores(ctx context.Context, cfg *Config, log *slog.Logger) (*s3store.Store,
 }
 
 // openState opens the state file for writing, explaining a held lock.
-func openState(cfg *Config) (*checkpoint.Store, error) {
-	st, err := checkpoint.Open(cfg.StateDir, checkpoint.Options{Timeout: 3 * time.Second})
+func openState(cfg *Config, log *slog.Logger) (*checkpoint.Store, error) {
+	st, err := checkpoint.Open(cfg.StateDir, checkpoint.Options{Timeout: 3 * time.Second,
+		Progress: func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...), "component", "state") }})
 	if errors.Is(err, checkpoint.ErrLocked) {
 		return nil, fmt.Errorf("%w: is `s3replicad run` already running with state_dir %s?", err, cfg.StateDir)
 	}
@@ -73,7 +74,7 @@ func newReplicator(ctx context.Context, cfg *Config, log *slog.Logger, rules []e
 	if err != nil {
 		return nil, err
 	}
-	st, err := openState(cfg)
+	st, err := openState(cfg, log)
 	if err != nil {
 		return nil, err
 	}

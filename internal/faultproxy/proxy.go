@@ -50,10 +50,6 @@ const (
 	NotFound
 )
 
-func (k Kind) String() string {
-	return [...]string{"pass", "refuse", "stall", "reset", "slowdown", "500", "500-after", "latency", "404"}[k]
-}
-
 // Fault is what the proxy does to the requests it matches.
 type Fault struct {
 	Kind Kind
@@ -371,9 +367,6 @@ func ObjectWrites(r *http.Request) bool { return r.Method == http.MethodPut && r
 func Completes(r *http.Request) bool {
 	return r.Method == http.MethodPost && r.URL.Query().Has("uploadId")
 }
-
-// Deletes matches DELETE requests (delete markers).
-func Deletes(r *http.Request) bool { return r.Method == http.MethodDelete }
 
 // Any combines matchers: a request matches when one of them does.
 func Any(ms ...func(*http.Request) bool) func(*http.Request) bool {
