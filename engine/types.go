@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"time"
 )
@@ -141,15 +142,12 @@ type KeyState struct {
 	LastReplica uint64
 }
 
-// VersionDigest is a 64-bit digest of a source version id: what the state
-// file keeps per key to tell "this version was written" (FNV-1a).
+// VersionDigest is a 64-bit digest (FNV-1a) of a version id: what the
+// state file keeps per key to tell "this version was written".
 func VersionDigest(v string) uint64 {
-	h := uint64(14695981039346656037)
-	for i := 0; i < len(v); i++ {
-		h ^= uint64(v[i])
-		h *= 1099511628211
-	}
-	return h
+	h := fnv.New64a()
+	_, _ = io.WriteString(h, v)
+	return h.Sum64()
 }
 
 // StateStore is the durable record of operations (the bbolt state file).
