@@ -639,14 +639,7 @@ func (s *Store) DeleteUpload(opID string) error {
 }
 
 // Cursor is a backfill's listing position for one rule.
-type Cursor struct {
-	KeyMarker     string    `json:"key_marker"`
-	VersionMarker string    `json:"version_marker"`
-	Done          bool      `json:"done"`
-	Listed        int64     `json:"listed"`
-	Submitted     int64     `json:"submitted"`
-	Updated       time.Time `json:"updated"`
-}
+type Cursor = engine.Cursor
 
 // LoadCursor returns the backfill cursor of a rule (zero when none).
 func (s *Store) LoadCursor(rule string) (Cursor, error) {

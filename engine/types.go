@@ -203,6 +203,17 @@ type Upload struct {
 	Parts    []Part `json:"parts"`
 }
 
+// Cursor is a backfill's listing position for one rule, checkpointed so
+// that an interrupted backfill resumes where it stopped.
+type Cursor struct {
+	KeyMarker     string    `json:"key_marker"`
+	VersionMarker string    `json:"version_marker"`
+	Done          bool      `json:"done"`
+	Listed        int64     `json:"listed"`
+	Submitted     int64     `json:"submitted"`
+	Updated       time.Time `json:"updated"`
+}
+
 // Part is one finished part of a multipart upload.
 type Part struct {
 	Number int32  `json:"n"`

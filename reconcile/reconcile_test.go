@@ -229,3 +229,97 @@ func TestCheck(t *testing.T) {
 		t.Fatalf("a destination key with no source key: %v", extra)
 	}
 }
+
+type fakeState struct {
+	cursors map[string]engine.Cursor
+	ops     map[string][]*engine.Op // version -> ops
+	saves   int
+}
+
+func (f *fakeState) LoadCursor(rule string) (engine.Cursor, error) { return f.cursors[rule], nil }
+func (f *fakeState) SaveCursor(rule string, c engine.Cursor) error {
+	f.cursors[rule] = c
+	f.saves++
+	return nil
+}
+func (f *fakeState) OpsOf(_, _, _, version string) ([]*engine.Op, error) { return f.ops[version], nil }
+
+type queue struct {
+	ops   []*engine.Op
+	fail  bool
+	calls int
+}
+
+func (q *queue) Submit(_ context.Context, ops []*engine.Op) (int, error) {
+	q.calls++
+	if q.fail {
+		return 0, errors.New("stopped")
+	}
+	q.ops = append(q.ops, ops...)
+	return len(ops), nil
+}
+
+type tagless struct{ *listing }
+
+func (tagless) Tags(context.Context, string, string, string) (map[string]string, error) { return nil, nil }
+
+// A backfill queues what the destination lacks, saves its cursor as it
+// goes, resumes after the last key it submitted when interrupted, and a
+// new pass over a complete destination queues nothing.
+func TestBackfillResumesFromItsCursor(t *testing.T) {
+	var src []engine.Version
+	for i := 0; i < 450; i++ {
+		src = append(src, ver(fmt.Sprintf("k%03d", i), fmt.Sprintf("v%d", i), fmt.Sprintf("etag%03d", i), int64(i+1), true))
+	}
+	dst := &listing{pageSize: 100}
+	state := &fakeState{cursors: map[string]engine.Cursor{}, ops: map[string][]*engine.Op{}}
+	q := &queue{}
+	rule := engine.Rule{ID: "r", SourceBucket: "src", DestinationBucket: "dst", Destination: "d"}
+	b := &Backfill{Source: tagless{&listing{pageSize: 100, versions: src}}, Destination: func(engine.Rule) Destination { return dstHeads{dst} },
+		State: state, Queue: q, Pass: "p1"}
+
+	// Interrupted at the second submission: the cursor says where.
+	q.fail = false
+	calls := 0
+	b.Queue = submitFunc(func(ctx context.Context, ops []*engine.Op) (int, error) {
+		calls++
+		if calls == 2 {
+			return 0, errors.New("killed")
+		}
+		return q.Submit(ctx, ops)
+	})
+	if _, err := b.Rule(context.Background(), rule); err == nil {
+		t.Fatal("an interrupted backfill reported no error")
+	}
+	cur := state.cursors["r"]
+	if cur.Done || cur.KeyMarker != "k199" || len(q.ops) != 200 {
+		t.Fatalf("after the interruption: cursor %+v, %d ops queued; want k199 and 200", cur, len(q.ops))
+	}
+	// Resumed: the rest, each key once.
+	b.Queue = q
+	cur, err := b.Rule(context.Background(), rule)
+	must(t, err)
+	if !cur.Done || len(q.ops) != 450 || q.ops[200].Key != "k200" || q.ops[449].Key != "k449" {
+		t.Fatalf("resumed: cursor %+v, %d ops, want all 450 once in key order", cur, len(q.ops))
+	}
+	// The destination now holds everything: a new pass queues nothing.
+	for _, op := range q.ops {
+		dst.versions = append(dst.versions, ver(op.Key, "d"+op.VersionID, op.ETag, op.Size, true))
+	}
+	before := len(q.ops)
+	_, err = b.Rule(context.Background(), rule)
+	must(t, err)
+	if len(q.ops) != before {
+		t.Fatalf("a second pass queued %d ops", len(q.ops)-before)
+	}
+}
+
+type submitFunc func(context.Context, []*engine.Op) (int, error)
+
+func (f submitFunc) Submit(ctx context.Context, ops []*engine.Op) (int, error) { return f(ctx, ops) }
+
+type dstHeads struct{ *listing }
+
+func (dstHeads) Head(context.Context, string, string, string) (int64, string, map[string]string, error) {
+	return 0, "", nil, errors.New("the listing should have told")
+}

@@ -118,57 +118,22 @@ func (b *backfills) update(p *backfillProgress, fn func()) {
 func (b *backfills) backfill(ctx context.Context, p *backfillProgress, rules []engine.Rule) error {
 	r := b.r
 	log := r.log.With("component", "backfill")
+	run := &reconcile.Backfill{
+		Source:      r.source,
+		Destination: func(rule engine.Rule) reconcile.Destination { return r.dests[rule.Destination] },
+		State:       r.state,
+		Queue:       r.engine,
+		Pass:        p.ID,
+		Progress: func(listed, submitted int, bytes int64) {
+			b.update(p, func() { p.Listed += int64(listed); p.Submitted += int64(submitted); p.Bytes += bytes })
+		},
+	}
 	for _, rule := range rules {
 		if !rule.Enabled {
 			continue
 		}
-		cur, err := r.state.LoadCursor(rule.ID)
+		cur, err := run.Rule(ctx, rule)
 		if err != nil {
-			return err
-		}
-		if cur.Done {
-			cur = checkpoint.Cursor{} // a new pass; it copies nothing that is already there
-		}
-		var batch []*engine.Op
-		flush := func(lastKey string) error {
-			if len(batch) > 0 {
-				if _, err := r.engine.Submit(ctx, batch); err != nil {
-					return err
-				}
-				batch = batch[:0]
-			}
-			cur.KeyMarker, cur.Updated = lastKey, time.Now().UTC()
-			return r.state.SaveCursor(rule.ID, cur)
-		}
-		keys := 0
-		err = reconcile.Walk(ctx, r.source, r.dests[rule.Destination], rule, cur.KeyMarker, func(pair reconcile.Pair) error {
-			if len(pair.Source) == 0 {
-				return nil // only on the destination: nothing to copy
-			}
-			ops, err := b.plan(ctx, rule, pair, p.ID)
-			if err != nil {
-				return fmt.Errorf("backfill %s: %w", pair.Key, err)
-			}
-			batch = append(batch, ops...)
-			var bytes int64
-			for _, op := range ops {
-				bytes += max(op.Size, 0)
-			}
-			cur.Listed += int64(len(pair.Source))
-			cur.Submitted += int64(len(ops))
-			b.update(p, func() { p.Listed += int64(len(pair.Source)); p.Submitted += int64(len(ops)); p.Bytes += bytes })
-			keys++
-			if len(batch) >= 500 || keys%200 == 0 {
-				return flush(pair.Key)
-			}
-			cur.KeyMarker = pair.Key
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		cur.Done = true
-		if err := flush(cur.KeyMarker); err != nil {
 			return err
 		}
 		log.Info("backfill listing finished", "rule", rule.ID, "listed", cur.Listed, "submitted", cur.Submitted)
@@ -190,29 +155,6 @@ func (b *backfills) backfill(ctx context.Context, p *backfillProgress, rules []e
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-}
-
-// plan decides the ops for one key (reconcile.Plan), with what the state
-// file knows of each version, read after the destination's listing.
-func (b *backfills) plan(ctx context.Context, rule engine.Rule, pair reconcile.Pair, pass string) ([]*engine.Op, error) {
-	r := b.r
-	vs, err := reconcile.Selected(ctx, r.source, rule, pair.Key, pair.Source)
-	if err != nil || len(vs) == 0 {
-		return nil, err
-	}
-	known := make(map[string][]*engine.Op, len(vs))
-	for _, v := range vs {
-		prev, err := r.state.OpsOf(rule.ID, rule.SourceBucket, pair.Key, v.VersionID)
-		if err != nil {
-			return nil, err
-		}
-		known[v.VersionID] = prev
-	}
-	have, err := reconcile.Inspect(ctx, r.dests[rule.Destination], rule.DestinationBucket, pair.DestKey, pair.Source, pair.Dest)
-	if err != nil {
-		return nil, err
-	}
-	return reconcile.Plan(rule, pair.Key, pair.DestKey, vs, have, known, pair.DestListedAt, pass, time.Now()), nil
 }
 
 func cmdBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) error {
