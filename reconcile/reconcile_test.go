@@ -261,7 +261,9 @@ func (q *queue) Submit(_ context.Context, ops []*engine.Op) (int, error) {
 
 type tagless struct{ *listing }
 
-func (tagless) Tags(context.Context, string, string, string) (map[string]string, error) { return nil, nil }
+func (tagless) Tags(context.Context, string, string, string) (map[string]string, error) {
+	return nil, nil
+}
 
 // A backfill queues what the destination lacks, saves its cursor as it
 // goes, resumes after the last key it submitted when interrupted, and a
