@@ -97,6 +97,16 @@ func runFault(t *testing.T, c faultCase) {
 	must(t, w.pub.SendEvents(w.ctx, evs...))
 	if c.hold > 0 {
 		time.Sleep(c.hold)
+		if c.side == "destination" && (c.fault.Kind == faultproxy.Refuse || c.fault.Kind == faultproxy.Stall) {
+			// Guarantee 11: intake goes on while the destination is down:
+			// every event recorded and deleted from the queue.
+			if n := w.queueDepth(); n != 0 {
+				t.Fatalf("%d messages still in the queue after %v of a destination outage: intake stopped", n, c.hold)
+			}
+			if counts, err := w.statusCounts(); err != nil || counts["pending"]+counts["in_flight"] == 0 {
+				t.Fatalf("nothing recorded as pending during the outage: %v %v", counts, err)
+			}
+		}
 	} else {
 		waitFor(t, 30*time.Second, "the fault to be applied", func() bool { return p.Hits() >= int64(c.fault.Times) })
 	}
