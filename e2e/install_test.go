@@ -162,6 +162,13 @@ DR_SECRET_KEY=%s
 	if out, err := check.CombinedOutput(); err != nil {
 		t.Fatalf("check-config as the service's user: %v\n%s", err, out)
 	}
+	// The operator's `sudo s3replicad check-config`: root, without the
+	// service's environment, reads the environment file beside the config.
+	rootCheck := exec.Command(bin, "check-config", "-config", config)
+	rootCheck.Env = []string{"PATH=/usr/bin:/bin", "HOME=/"}
+	if out, err := rootCheck.CombinedOutput(); err != nil {
+		t.Fatalf("check-config as root without the service's environment: %v\n%s", err, out)
+	}
 	run := asService("run", "-config", config)
 	var logs bytes.Buffer
 	run.Stdout, run.Stderr = &logs, &logs

@@ -3,9 +3,11 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -234,12 +236,75 @@ func configPath(flagValue string) string {
 }
 
 // LoadConfig reads, expands, decodes, defaults and validates a file.
+// Variables come from the environment, then from the environment file
+// (see envFileLookup).
 func LoadConfig(path string) (*Config, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, &ConfigError{File: path, Problems: []string{fmt.Sprintf("cannot read: %v", errors.Unwrap(err))}}
 	}
-	return ParseConfig(path, raw, os.LookupEnv)
+	lookup, unreadable := envFileLookup(path)
+	cfg, err := ParseConfig(path, raw, lookup)
+	var ce *ConfigError
+	if unreadable != nil && errors.As(err, &ce) && strings.Contains(err.Error(), "is not set") {
+		ce.Problems = append(ce.Problems, fmt.Sprintf("(the environment file could not be read either: %v)", unreadable))
+	}
+	return cfg, err
+}
+
+// EnvFileName is the environment file looked for beside the configuration
+// when $S3REPLICAD_ENV_FILE does not name one: the service's unit reads the
+// same file (EnvironmentFile=), so that commands an operator runs by hand
+// see the values the service sees.
+const EnvFileName = "env"
+
+// envFileLookup returns a lookup of the process's environment, then of
+// the environment file (NAME=value lines, as systemd reads them). A file
+// that exists but cannot be read is returned as an error for the caller to
+// mention if a variable turns out to be missing: the service itself gets
+// the values from systemd and needs no read of its own.
+func envFileLookup(configPath string) (func(string) (string, bool), error) {
+	path := os.Getenv("S3REPLICAD_ENV_FILE")
+	if path == "" {
+		path = filepath.Join(filepath.Dir(configPath), EnvFileName)
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			err = nil
+		}
+		return os.LookupEnv, err
+	}
+	vars := parseEnvFile(raw)
+	return func(name string) (string, bool) {
+		if v, ok := os.LookupEnv(name); ok {
+			return v, true
+		}
+		v, ok := vars[name]
+		return v, ok
+	}, nil
+}
+
+// parseEnvFile reads NAME=value lines; blank lines and lines starting
+// with # or ; are comments; a value in matching quotes loses them.
+func parseEnvFile(raw []byte) map[string]string {
+	vars := map[string]string{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || line[0] == '#' || line[0] == ';' {
+			continue
+		}
+		name, value, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		value = strings.TrimSpace(value)
+		if len(value) >= 2 && (value[0] == '"' || value[0] == '\'') && value[len(value)-1] == value[0] {
+			value = value[1 : len(value)-1]
+		}
+		vars[strings.TrimSpace(name)] = value
+	}
+	return vars
 }
 
 var envRe = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
@@ -254,12 +319,13 @@ func LoadStateConfig(path string) (*Config, error) {
 		return nil, &ConfigError{File: path, Problems: []string{fmt.Sprintf("cannot read: %v", errors.Unwrap(err))}}
 	}
 	// state_dir itself must not name an unset variable.
+	lookup, _ := envFileLookup(path)
 	var top struct {
 		StateDir string `yaml:"state_dir"`
 	}
 	if yaml.Unmarshal(raw, &top) == nil {
 		for _, m := range envRe.FindAllStringSubmatch(top.StateDir, -1) {
-			if _, ok := os.LookupEnv(m[1]); !ok {
+			if _, ok := lookup(m[1]); !ok {
 				line := 0
 				if cfgLines, err := parseConfig(path, raw, func(string) (string, bool) { return "", true }, false); err == nil {
 					line = cfgLines.lines["state_dir"]
@@ -269,7 +335,7 @@ func LoadStateConfig(path string) (*Config, error) {
 		}
 	}
 	return parseConfig(path, raw, func(name string) (string, bool) {
-		v, _ := os.LookupEnv(name)
+		v, _ := lookup(name)
 		return v, true
 	}, false)
 }

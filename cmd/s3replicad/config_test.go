@@ -236,3 +236,46 @@ func TestStateCommandsNeedOnlyStateDir(t *testing.T) {
 		t.Fatalf("unknown key: %v", err)
 	}
 }
+
+// Commands run by hand see the variables the service gets from its
+// environment file: the file `env` beside the configuration, or the one
+// $S3REPLICAD_ENV_FILE names, for variables the environment lacks.
+func TestEnvironmentFileBesideTheConfig(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/config.yaml"
+	if err := os.WriteFile(path, []byte(baseConfig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadConfig(path); err == nil || !strings.Contains(err.Error(), "environment variable AK is not set") {
+		t.Fatalf("without an environment file: %v", err)
+	}
+	env := "# secrets\nAK=from-file\n; comment\nSK=\"quoted secret\"\n\n"
+	if err := os.WriteFile(dir+"/env", []byte(env), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cfg.Destinations[0]; d.AccessKeyID != "from-file" || d.SecretAccessKey.Reveal() != "quoted secret" {
+		t.Fatalf("from the environment file: %q %q", d.AccessKeyID, d.SecretAccessKey.Reveal())
+	}
+	t.Setenv("AK", "from-environment")
+	if cfg, _ := LoadConfig(path); cfg.Destinations[0].AccessKeyID != "from-environment" {
+		t.Fatal("the environment does not win over the file")
+	}
+	other := t.TempDir() + "/secrets"
+	if err := os.WriteFile(other, []byte("AK=elsewhere\nSK=x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Unsetenv("AK")
+	t.Setenv("S3REPLICAD_ENV_FILE", other)
+	if cfg, err := LoadConfig(path); err != nil || cfg.Destinations[0].AccessKeyID != "elsewhere" {
+		t.Fatalf("S3REPLICAD_ENV_FILE: %v %+v", err, cfg)
+	}
+	// A file that cannot be read is mentioned when a variable is missing.
+	t.Setenv("S3REPLICAD_ENV_FILE", t.TempDir())
+	if _, err := LoadConfig(path); err == nil || !strings.Contains(err.Error(), "environment file could not be read") {
+		t.Fatalf("unreadable environment file: %v", err)
+	}
+}
