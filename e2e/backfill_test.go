@@ -14,14 +14,7 @@ import (
 
 func TestBackfillVerifyAndRepair(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t, worldOpts{rules: `
-  - id: all
-    priority: 1
-    source_bucket: %[1]s
-    destination: dr
-    destination_bucket: %[2]s
-    replicate_delete_markers: true
-`})
+	w := newWorld(t, worldOpts{rules: markerRules})
 	// Versions that existed before replication: no events for them.
 	w.put("a", []byte("a1"))
 	w.put("a", []byte("a2"))
