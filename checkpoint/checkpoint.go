@@ -401,7 +401,7 @@ func (x *tx) advanceKey(op *engine.Op) error {
 }
 
 // BeginRun implements engine.StateStore.
-func (s *Store) BeginRun() (bool, error) {
+func (s *Store) BeginRun(ctx context.Context) (bool, error) {
 	var crashed bool
 	err := s.db.Update(func(t *bolt.Tx) error {
 		meta := t.Bucket(bucketMeta)
@@ -421,7 +421,7 @@ func (s *Store) BeginRun() (bool, error) {
 }
 
 // EndRun implements engine.StateStore.
-func (s *Store) EndRun() error {
+func (s *Store) EndRun(ctx context.Context) error {
 	err := s.db.Update(func(t *bolt.Tx) error { return t.Bucket(bucketMeta).Delete(keyRunning) })
 	if err != nil {
 		return fmt.Errorf("mark a clean stop in the state file: %w", err)
@@ -431,7 +431,7 @@ func (s *Store) EndRun() error {
 
 // SuspectThrough implements engine.StateStore: ops recorded up to this seq
 // were unfinished when some run crashed.
-func (s *Store) SuspectThrough() (uint64, error) {
+func (s *Store) SuspectThrough(ctx context.Context) (uint64, error) {
 	var seq uint64
 	err := s.db.View(func(t *bolt.Tx) error {
 		if v := t.Bucket(bucketMeta).Get(keySuspect); len(v) == 8 {
@@ -443,7 +443,7 @@ func (s *Store) SuspectThrough() (uint64, error) {
 }
 
 // LastWritten implements engine.StateStore.
-func (s *Store) LastWritten(destKeyID string) (engine.KeyState, bool, error) {
+func (s *Store) LastWritten(ctx context.Context, destKeyID string) (engine.KeyState, bool, error) {
 	var ks keyState
 	var ok bool
 	err := s.db.View(func(t *bolt.Tx) error {
@@ -462,7 +462,7 @@ func (s *Store) LastWritten(destKeyID string) (engine.KeyState, bool, error) {
 // Pending implements engine.StateStore: the unfinished ops of one origin
 // recorded after seq after, in arrival order, at most limit of them, and
 // whether there are more.
-func (s *Store) Pending(origin engine.Origin, after uint64, limit int) ([]*engine.Op, bool, error) {
+func (s *Store) Pending(ctx context.Context, origin engine.Origin, after uint64, limit int) ([]*engine.Op, bool, error) {
 	var ops []*engine.Op
 	more := false
 	err := s.db.View(func(t *bolt.Tx) error {
@@ -517,7 +517,7 @@ const oldestScan = 64
 
 // OldestPending returns the earliest event (or record) time of the ops
 // that have been unfinished longest.
-func (s *Store) OldestPending() (time.Time, bool, error) {
+func (s *Store) OldestPending(ctx context.Context) (time.Time, bool, error) {
 	var oldest time.Time
 	err := s.db.View(func(t *bolt.Tx) error {
 		x := wrap(t)
@@ -578,7 +578,7 @@ func (s *Store) Find(op *engine.Op) (*engine.Op, error) {
 }
 
 // Retry implements engine.StateStore: it reads the failed index only.
-func (s *Store) Retry(keys []string) ([]*engine.Op, error) {
+func (s *Store) Retry(ctx context.Context, keys []string) ([]*engine.Op, error) {
 	want := map[string]bool{}
 	for _, k := range keys {
 		want[k] = true
@@ -611,7 +611,7 @@ func (s *Store) Retry(keys []string) ([]*engine.Op, error) {
 }
 
 // LoadUpload implements engine.StateStore.
-func (s *Store) LoadUpload(opID string) (*engine.Upload, error) {
+func (s *Store) LoadUpload(ctx context.Context, opID string) (*engine.Upload, error) {
 	var up *engine.Upload
 	err := s.db.View(func(t *bolt.Tx) error {
 		raw := t.Bucket(bucketUploads).Get([]byte(opID))
@@ -625,7 +625,7 @@ func (s *Store) LoadUpload(opID string) (*engine.Upload, error) {
 }
 
 // SaveUpload implements engine.StateStore.
-func (s *Store) SaveUpload(opID string, up *engine.Upload) error {
+func (s *Store) SaveUpload(ctx context.Context, opID string, up *engine.Upload) error {
 	raw, err := json.Marshal(up)
 	if err != nil {
 		return err
@@ -634,7 +634,7 @@ func (s *Store) SaveUpload(opID string, up *engine.Upload) error {
 }
 
 // DeleteUpload implements engine.StateStore.
-func (s *Store) DeleteUpload(opID string) error {
+func (s *Store) DeleteUpload(ctx context.Context, opID string) error {
 	return s.db.Batch(func(t *bolt.Tx) error { return t.Bucket(bucketUploads).Delete([]byte(opID)) })
 }
 

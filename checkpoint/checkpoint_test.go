@@ -69,15 +69,15 @@ func TestStatusOfARunningDaemonAndTheRunMark(t *testing.T) {
 	}
 
 	for i, want := range []bool{false, true} {
-		crashed, err := st.BeginRun()
+		crashed, err := st.BeginRun(context.Background())
 		if err != nil || crashed != want {
 			t.Fatalf("BeginRun #%d: crashed=%v, %v; want %v", i+1, crashed, err, want)
 		}
 	}
-	if err := st.EndRun(); err != nil {
+	if err := st.EndRun(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if crashed, _ := st.BeginRun(); crashed {
+	if crashed, _ := st.BeginRun(context.Background()); crashed {
 		t.Fatal("after EndRun the next run is taken for a crash")
 	}
 }

@@ -92,14 +92,14 @@ func TestWorkDoesNotGrowWithFinishedOps(t *testing.T) {
 			return err
 		})
 		c.pending = reads(t, func() error {
-			ops, more, err := st.Pending(engine.OriginEvent, 0, 4)
+			ops, more, err := st.Pending(context.Background(), engine.OriginEvent, 0, 4)
 			if err == nil && (len(ops) != 4 || !more) {
 				err = fmt.Errorf("pending: %d ops, more %v", len(ops), more)
 			}
 			return err
 		})
 		c.retry = reads(t, func() error {
-			ops, err := st.Retry([]string{fmt.Sprintf("obj/%06d", finished)})
+			ops, err := st.Retry(context.Background(), []string{fmt.Sprintf("obj/%06d", finished)})
 			if err == nil && len(ops) != 1 {
 				err = fmt.Errorf("retried %d", len(ops))
 			}
@@ -129,13 +129,13 @@ func TestWorkDoesNotGrowWithFinishedOps(t *testing.T) {
 func TestPruneTakesPerKeyDataWithIt(t *testing.T) {
 	st := fillStore(t, 100)
 	op := testOp(7, engine.Pending)
-	if _, ok, _ := st.LastWritten(op.DestKeyID()); !ok {
+	if _, ok, _ := st.LastWritten(context.Background(), op.DestKeyID()); !ok {
 		t.Fatal("a completed op left no last-written record")
 	}
 	if n, err := st.Prune(time.Now().Add(-time.Hour)); err != nil || n != 100 {
 		t.Fatalf("pruned %d, %v", n, err)
 	}
-	if _, ok, _ := st.LastWritten(op.DestKeyID()); ok {
+	if _, ok, _ := st.LastWritten(context.Background(), op.DestKeyID()); ok {
 		t.Fatal("the last-written record outlived the op that wrote it")
 	}
 	if found, _ := st.Find(op); found != nil {
@@ -223,17 +223,17 @@ func TestMigrationFromSchema1(t *testing.T) {
 	if len(s.Failed) != 1 || s.Failed[0].Error != "AccessDenied" || s.Backfill["r"].Listed != 9 || s.Uploads != 1 {
 		t.Fatalf("after migration: failed %v, cursors %v, uploads %d", s.Failed, s.Backfill, s.Uploads)
 	}
-	live, _, err := st.Pending(engine.OriginEvent, 0, 10)
+	live, _, err := st.Pending(context.Background(), engine.OriginEvent, 0, 10)
 	if err != nil || len(live) != 2 || live[0].Key != "first" || live[1].Key != "later" {
 		t.Fatalf("live backlog after migration: %v %v, want first then later", live, err)
 	}
-	if ks, ok, _ := st.LastWritten(v1[0].DestKeyID()); !ok || ks.Version != engine.VersionDigest("v1") || ks.Sequencer != "0A" {
+	if ks, ok, _ := st.LastWritten(context.Background(), v1[0].DestKeyID()); !ok || ks.Version != engine.VersionDigest("v1") || ks.Sequencer != "0A" {
 		t.Fatalf("last written after migration: %v %v", ks, ok)
 	}
 	if ops, _ := st.OpsOf("r", "b", "first", "v2"); len(ops) != 2 || ops[1].Pass != "backfill-7" {
 		t.Fatalf("passes of a version after migration: %v", ops)
 	}
-	if up, _ := st.LoadUpload(v1[2].ID()); up == nil || up.UploadID != "u1" {
+	if up, _ := st.LoadUpload(context.Background(), v1[2].ID()); up == nil || up.UploadID != "u1" {
 		t.Fatalf("upload after migration: %v", up)
 	}
 	// Recording goes on after the migrated numbers.

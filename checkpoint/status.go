@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"strings"
@@ -165,7 +166,7 @@ func (s *Store) Status(now time.Time) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	if oldest, ok, err := s.OldestPending(); err != nil {
+	if oldest, ok, err := s.OldestPending(context.Background()); err != nil {
 		return nil, err
 	} else if ok {
 		o := oldest.UTC()
@@ -177,7 +178,7 @@ func (s *Store) Status(now time.Time) (*Status, error) {
 
 // Counts returns the unfinished ops and bytes pending of each rule (the
 // daemon starts its gauges from them).
-func (s *Store) Counts() (map[string]int64, map[string]int64, error) {
+func (s *Store) Counts(ctx context.Context) (map[string]int64, map[string]int64, error) {
 	st, err := s.Status(time.Now())
 	if err != nil {
 		return nil, nil, err

@@ -31,7 +31,7 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 		// A write may have landed before a crash or a lost response: look
 		// for it rather than writing a second replica.
 		of := op.ReplicaOf()
-		last, _, err := e.cfg.State.LastWritten(op.DestKeyID())
+		last, _, err := e.cfg.State.LastWritten(ctx, op.DestKeyID())
 		if err != nil {
 			return "", fmt.Errorf("look for an earlier replica of %s: %w", op, err)
 		}
@@ -42,8 +42,8 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 		}
 		if found {
 			e.log.Info("replica already written before a restart or timeout", "key", op.Key, "version", op.VersionID, "replica", v)
-			if up, _ := e.cfg.State.LoadUpload(op.ID()); up != nil {
-				_ = e.cfg.State.DeleteUpload(op.ID())
+			if up, _ := e.cfg.State.LoadUpload(ctx, op.ID()); up != nil {
+				_ = e.cfg.State.DeleteUpload(ctx, op.ID())
 			}
 			return v, nil
 		}
@@ -303,7 +303,7 @@ func (e *Engine) copyMultipart(ctx context.Context, rule *Rule, dest Destination
 			return "", fmt.Errorf("create multipart upload for %s/%s: %w", op.DestBucket, op.DestKey, err)
 		}
 		up = &Upload{UploadID: id, PartSize: PartSizeFor(head.Size, e.cfg.PartSize), Size: head.Size, ETag: head.ETag, Checksum: algo}
-		if err := e.cfg.State.SaveUpload(op.ID(), up); err != nil {
+		if err := e.cfg.State.SaveUpload(ctx, op.ID(), up); err != nil {
 			_ = dest.AbortMultipart(context.WithoutCancel(ctx), op.DestBucket, op.DestKey, id)
 			return "", fmt.Errorf("record upload: %w", err)
 		}
@@ -346,14 +346,14 @@ func (e *Engine) copyMultipart(ctx context.Context, rule *Rule, dest Destination
 	if size, _, _, err := dest.Head(ctx, op.DestBucket, op.DestKey, v); err != nil {
 		e.log.Warn("cannot check the size of a completed multipart replica", "key", op.DestKey, "replica", v, "err", err)
 	} else if size != up.Size {
-		_ = e.cfg.State.DeleteUpload(op.ID())
+		_ = e.cfg.State.DeleteUpload(ctx, op.ID())
 		// Failed for the operator to see; `retry` writes a new replica
 		// rather than finding this one.
 		op.WriteStarted = time.Time{}
 		return "", &Error{Class: Permanent, Reason: ReasonIntegrity,
 			Err: fmt.Errorf("replica %s of %s has %d bytes, the source %d", v, op, size, up.Size)}
 	}
-	if err := e.cfg.State.DeleteUpload(op.ID()); err != nil {
+	if err := e.cfg.State.DeleteUpload(ctx, op.ID()); err != nil {
 		e.log.Warn("cannot forget finished upload", "err", err)
 	}
 	return v, nil
@@ -362,7 +362,7 @@ func (e *Engine) copyMultipart(ctx context.Context, rule *Rule, dest Destination
 // resumeUpload returns the upload recorded for op, reconciled with the
 // destination's list of parts, or nil when there is none to resume.
 func (e *Engine) resumeUpload(ctx context.Context, dest Destination, op *Op, head *Object) (*Upload, error) {
-	up, err := e.cfg.State.LoadUpload(op.ID())
+	up, err := e.cfg.State.LoadUpload(ctx, op.ID())
 	if err != nil || up == nil {
 		return nil, err
 	}
@@ -374,7 +374,7 @@ func (e *Engine) resumeUpload(ctx context.Context, dest Destination, op *Op, hea
 	if err != nil {
 		if c, _ := Classify(err); c != Transient {
 			// The upload is gone (aborted or expired): start over.
-			_ = e.cfg.State.DeleteUpload(op.ID())
+			_ = e.cfg.State.DeleteUpload(ctx, op.ID())
 			return nil, nil
 		}
 		return nil, fmt.Errorf("list parts of upload %s: %w", up.UploadID, err)
@@ -398,7 +398,7 @@ func (e *Engine) abandon(ctx context.Context, dest Destination, op *Op, up *Uplo
 	if err := dest.AbortMultipart(context.WithoutCancel(ctx), op.DestBucket, op.DestKey, up.UploadID); err != nil {
 		e.log.Warn("abort multipart upload failed", "upload", up.UploadID, "err", err)
 	}
-	_ = e.cfg.State.DeleteUpload(op.ID())
+	_ = e.cfg.State.DeleteUpload(ctx, op.ID())
 }
 
 // uploadParts sends the parts not yet done: copied inside the store when
@@ -436,7 +436,7 @@ func (e *Engine) uploadParts(ctx context.Context, dest Destination, cp ServerSid
 			up.Parts = append(up.Parts, part)
 			snapshot := *up
 			snapshot.Parts = slices.Clone(up.Parts)
-			if err := e.cfg.State.SaveUpload(op.ID(), &snapshot); err != nil {
+			if err := e.cfg.State.SaveUpload(ctx, op.ID(), &snapshot); err != nil {
 				return fmt.Errorf("record part %d: %w", n, err)
 			}
 			return nil

@@ -167,7 +167,7 @@ func New(cfg Config) (*Engine, error) {
 	e.buffers = newBufferPool(e.cfg.BufferMemory)
 	names := slices.Sorted(maps.Keys(cfg.Destinations))
 	e.m = newMetrics(cfg.Registerer, e.rules, names, func() float64 {
-		t, ok, err := e.cfg.State.OldestPending()
+		t, ok, err := e.cfg.State.OldestPending(context.Background())
 		if err != nil || !ok {
 			return 0
 		}
@@ -217,7 +217,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := e.load(crashed); err != nil {
+	if err := e.load(ctx, crashed); err != nil {
 		return err
 	}
 	close(e.loaded)
@@ -272,7 +272,7 @@ func (e *Engine) Run(ctx context.Context) error {
 // disk is full.
 func (e *Engine) beginRun(ctx context.Context) (bool, error) {
 	for attempt := 1; ; attempt++ {
-		crashed, err := e.cfg.State.BeginRun()
+		crashed, err := e.cfg.State.BeginRun(ctx)
 		if err == nil || !diskFull(err) {
 			return crashed, err
 		}
@@ -301,19 +301,19 @@ func (e *Engine) stopCleanly() error {
 			return err
 		}
 	}
-	return e.cfg.State.EndRun()
+	return e.cfg.State.EndRun(context.Background())
 }
 
 // load fills the window from the state file and starts the gauges from
 // its counters. After a crash any unfinished op may have been written
 // without its write mark being saved: each one read back (now or later)
 // looks for its replica first.
-func (e *Engine) load(crashed bool) error {
+func (e *Engine) load(ctx context.Context, crashed bool) error {
 	var err error
-	if e.suspect, err = e.cfg.State.SuspectThrough(); err != nil {
+	if e.suspect, err = e.cfg.State.SuspectThrough(ctx); err != nil {
 		return fmt.Errorf("load backlog: %w", err)
 	}
-	ops, bytes, err := e.cfg.State.Counts()
+	ops, bytes, err := e.cfg.State.Counts(ctx)
 	if err != nil {
 		return fmt.Errorf("load backlog: %w", err)
 	}
@@ -326,7 +326,7 @@ func (e *Engine) load(crashed bool) error {
 	for class := range e.spill {
 		e.spill[class].on = true
 	}
-	e.fill()
+	e.fill(ctx)
 	if crashed && total > 0 {
 		e.log.Warn("the previous run did not stop cleanly; unfinished copies look for a replica on the destination before writing",
 			"operations", total)
@@ -361,9 +361,9 @@ func (e *Engine) Submit(ctx context.Context, ops []*Op) (int, error) {
 const backfillAhead = 10
 
 // Retry puts failed ops back to pending (all when keys is empty).
-func (e *Engine) Retry(keys []string) (int, error) {
+func (e *Engine) Retry(ctx context.Context, keys []string) (int, error) {
 	<-e.loaded
-	ops, err := e.cfg.State.Retry(keys)
+	ops, err := e.cfg.State.Retry(ctx, keys)
 	if err != nil {
 		return 0, err
 	}
@@ -615,7 +615,7 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 	// Never regress: a version older than what the key already holds is
 	// not written over it.
 	if op.Sequencer != "" {
-		last, ok, err := e.cfg.State.LastWritten(op.DestKeyID())
+		last, ok, err := e.cfg.State.LastWritten(ctx, op.DestKeyID())
 		if err != nil {
 			e.retryLater(ctx, op, err, log)
 			return

@@ -158,11 +158,11 @@ func (f *frozenState) SaveAll(ctx context.Context, ops []*engine.Op) error {
 	return f.Store.SaveAll(ctx, ops)
 }
 
-func (f *frozenState) EndRun() error {
+func (f *frozenState) EndRun(ctx context.Context) error {
 	if f.frozen.Load() {
 		return errFrozen
 	}
-	return f.Store.EndRun()
+	return f.Store.EndRun(context.Background())
 }
 
 func runEngine(t *testing.T, st engine.StateStore, src, dst *memStore, ops []*engine.Op, until func() bool) {
@@ -500,11 +500,11 @@ func TestCleanStopKeepsTheWriteMarks(t *testing.T) {
 	if saved.State.Terminal() || saved.WriteStarted.IsZero() {
 		t.Fatalf("after a clean stop the op is %s with write mark %v, want unfinished and marked", saved.State, saved.WriteStarted)
 	}
-	crashed, err := store.BeginRun()
+	crashed, err := store.BeginRun(context.Background())
 	if err != nil || crashed {
 		t.Fatalf("after a clean stop BeginRun says crashed=%v (%v)", crashed, err)
 	}
-	if err := store.EndRun(); err != nil {
+	if err := store.EndRun(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 

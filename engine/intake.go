@@ -92,12 +92,12 @@ func (e *Engine) runIntake(ctx context.Context) {
 			}
 			e.recordGroup(ctx, group)
 		case <-e.refill:
-			e.fill()
+			e.fill(ctx)
 		case <-tick.C:
 			if e.paused.Load() {
-				e.probeDisk()
+				e.probeDisk(ctx)
 			} else {
-				e.fill()
+				e.fill(ctx)
 			}
 		}
 	}
@@ -165,14 +165,14 @@ func (e *Engine) admit(ops []*Op) {
 }
 
 // fill tops the window up from the state file: live ops first.
-func (e *Engine) fill() {
+func (e *Engine) fill(ctx context.Context) {
 	for class, origin := range origins {
 		sp := &e.spill[class]
 		room := e.cfg.MaxBacklog - e.sched.Len()
 		if !sp.on || room <= 0 {
 			continue
 		}
-		ops, more, err := e.cfg.State.Pending(origin, sp.through, room)
+		ops, more, err := e.cfg.State.Pending(ctx, origin, sp.through, room)
 		if err != nil {
 			e.log.Error("cannot read the backlog from the state file; trying again", "err", err)
 			return
@@ -228,7 +228,7 @@ func (e *Engine) stateFailed(err error) {
 
 // probeDisk tries a write to the state file; when it succeeds, the pause
 // ends.
-func (e *Engine) probeDisk() {
+func (e *Engine) probeDisk(ctx context.Context) {
 	if err := e.cfg.State.SaveAll(context.Background(), nil); err != nil {
 		return
 	}
@@ -236,7 +236,7 @@ func (e *Engine) probeDisk() {
 		e.m.intakePaused.Set(0)
 		e.log.Info("the state file's disk has space again: intake and copies resume")
 		e.wakePaused()
-		e.fill()
+		e.fill(ctx)
 	}
 }
 

@@ -150,7 +150,9 @@ func VersionDigest(v string) uint64 {
 	return h.Sum64()
 }
 
-// StateStore is the durable record of operations (the bbolt state file).
+// StateStore is the durable record of operations: the bbolt state file of
+// one node, or the table a cluster shares. Every method takes a context:
+// a shared store is a network service.
 type StateStore interface {
 	// Record stores the ops that are not in the store yet, numbering them
 	// in arrival order (Op.Seq), and returns them; ops already recorded
@@ -164,29 +166,29 @@ type StateStore interface {
 	SaveAll(ctx context.Context, ops []*Op) error
 	// BeginRun durably marks the store as in use by a running engine and
 	// reports whether the previous run never called EndRun (a crash).
-	BeginRun() (crashed bool, err error)
+	BeginRun(ctx context.Context) (crashed bool, err error)
 	// EndRun records a clean stop.
-	EndRun() error
+	EndRun(ctx context.Context) error
 	// SuspectThrough is the highest Seq recorded when a crash was found:
 	// unfinished ops up to it may have been written without their write
 	// mark being saved.
-	SuspectThrough() (uint64, error)
+	SuspectThrough(ctx context.Context) (uint64, error)
 	// LastWritten returns the KeyState of a destination key.
-	LastWritten(destKeyID string) (KeyState, bool, error)
+	LastWritten(ctx context.Context, destKeyID string) (KeyState, bool, error)
 	// Pending returns up to limit unfinished ops of one origin recorded
 	// after Seq after, in arrival order, and whether there are more.
-	Pending(origin Origin, after uint64, limit int) ([]*Op, bool, error)
+	Pending(ctx context.Context, origin Origin, after uint64, limit int) ([]*Op, bool, error)
 	// OldestPending returns the earliest Since() of the unfinished ops.
-	OldestPending() (time.Time, bool, error)
+	OldestPending(ctx context.Context) (time.Time, bool, error)
 	// Counts returns the unfinished ops and their bytes, by rule.
-	Counts() (ops, bytes map[string]int64, err error)
+	Counts(ctx context.Context) (ops, bytes map[string]int64, err error)
 	// Retry puts failed ops (all, or those of the given source keys) back
 	// to pending and returns them.
-	Retry(keys []string) ([]*Op, error)
+	Retry(ctx context.Context, keys []string) ([]*Op, error)
 	// Upload state of resumable multipart copies.
-	LoadUpload(opID string) (*Upload, error)
-	SaveUpload(opID string, u *Upload) error
-	DeleteUpload(opID string) error
+	LoadUpload(ctx context.Context, opID string) (*Upload, error)
+	SaveUpload(ctx context.Context, opID string, u *Upload) error
+	DeleteUpload(ctx context.Context, opID string) error
 }
 
 // Upload is a multipart upload the copier created, with the parts it has

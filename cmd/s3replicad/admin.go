@@ -50,7 +50,7 @@ func adminHandler(r *replicator, bf *backfills) http.Handler {
 			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		n, err := r.engine.Retry(body.Keys)
+		n, err := r.engine.Retry(req.Context(), body.Keys)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
@@ -324,6 +324,6 @@ func retry(ctx context.Context, cfg *Config, keys []string) (int, error) {
 		return 0, err
 	}
 	defer s.Close()
-	ops, err := s.Retry(keys)
+	ops, err := s.Retry(ctx, keys)
 	return len(ops), err
 }
