@@ -15,6 +15,8 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	"github.com/s3replicad/s3replicad/internal/faultproxy"
 )
 
 // smallDisk mounts a tmpfs of size bytes: a disk that fills. It needs root,
@@ -127,4 +129,95 @@ func TestStateDiskFull(t *testing.T) {
 	if counts["completed"] != int64(len(keys)) {
 		t.Fatalf("state file after the stop: %v, want %d completed", counts, len(keys))
 	}
+}
+
+// dlqDepth is the number of messages the queue's redrive policy moved to
+// its dead-letter queue.
+func (w *world) dlqDepth() int {
+	w.t.Helper()
+	dlq := w.queueURL + "-dlq"
+	out, err := env.SQSClient().GetQueueAttributes(w.ctx, &sqs.GetQueueAttributesInput{QueueUrl: &dlq,
+		AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameApproximateNumberOfMessages, sqstypes.QueueAttributeNameApproximateNumberOfMessagesNotVisible}})
+	must(w.t, err)
+	a, _ := strconv.Atoi(out.Attributes["ApproximateNumberOfMessages"])
+	b, _ := strconv.Atoi(out.Attributes["ApproximateNumberOfMessagesNotVisible"])
+	return a + b
+}
+
+// A full state disk while a backlog waits for a destination that is down,
+// with versions still being written: intake and copies stay paused for the
+// whole time the disk is full (the metric, /readyz and status say so at
+// every look, and the pause is announced once), the paused daemon does not
+// keep receiving the same messages, and once space and the destination
+// return every version is replicated and no message went to the
+// dead-letter queue (redrive after 5 receives, as the README suggests).
+func TestStateDiskFullSendsNothingToTheDLQ(t *testing.T) {
+	t.Parallel()
+	dir := smallDisk(t, "8m")
+	proxy, err := faultproxy.Start(env.Destination)
+	must(t, err)
+	t.Cleanup(proxy.Close)
+	w := newWorld(t, worldOpts{stateDir: dir, rules: markerRules, maxReceives: 5, dstEndpoint: proxy.URL()})
+	proxy.Set(faultproxy.Fault{Kind: faultproxy.Refuse})
+	d := w.start()
+
+	var keys []string
+	put := func(i int) {
+		k := fmt.Sprintf("k%02d", i)
+		keys = append(keys, k)
+		must(t, w.pub.SendEvents(w.ctx, w.put(k, []byte(strings.Repeat("x", 100+i)))))
+	}
+	for i := range 20 {
+		put(i)
+	}
+	waitFor(t, 30*time.Second, "the backlog to be recorded", func() bool {
+		counts, err := w.statusCounts()
+		return err == nil && counts["pending"]+counts["in_flight"] == 20 && w.queueDepth() == 0
+	})
+
+	filler := fillDisk(t, dir)
+	for i := 20; i < 45; i++ {
+		put(i)
+		time.Sleep(200 * time.Millisecond)
+	}
+	waitFor(t, 30*time.Second, "intake to pause", func() bool { return d.metric("s3replicad_intake_paused") == 1 })
+	// The pause holds for as long as the disk is full: look often.
+	for i := range 40 {
+		if v := d.metric("s3replicad_intake_paused"); v != 1 {
+			t.Fatalf("sample %d: s3replicad_intake_paused is %v while the disk is still full", i, v)
+		}
+		if i%8 == 0 {
+			out, _, code := w.cli("status", "-json")
+			if code != 0 || !strings.Contains(out, `"intake_paused": true`) {
+				t.Fatalf("sample %d: status during the pause (exit %d): %s", i, code, out)
+			}
+			resp, err := http.Get("http://" + d.listen + "/readyz")
+			must(t, err)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("sample %d: /readyz answers %d while the state disk is full", i, resp.StatusCode)
+			}
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	logs := d.logs.String()
+	if n := strings.Count(logs, "the state file's disk is full: intake and copies are paused"); n != 1 {
+		t.Fatalf("the pause was announced %d times, want once (it flapped)", n)
+	}
+	if strings.Contains(logs, "has space again") {
+		t.Fatal("intake resumed while the disk was full")
+	}
+	if n := w.dlqDepth(); n != 0 {
+		t.Fatalf("%d messages in the dead-letter queue during the pause", n)
+	}
+
+	must(t, os.Remove(filler))
+	must(t, proxy.Clear())
+	waitFor(t, 20*time.Second, "intake to resume", func() bool { return d.metric("s3replicad_intake_paused") == 0 })
+	took := w.waitExact(keys, 90*time.Second)
+	if n := w.dlqDepth(); n != 0 {
+		t.Fatalf("%d messages went to the dead-letter queue", n)
+	}
+	t.Logf("exact replica of %d versions %v after space returned; nothing in the dead-letter queue", len(keys), took.Round(10*time.Millisecond))
+	d.stop()
 }

@@ -98,6 +98,8 @@ type worldOpts struct {
 	// that copies can be made inside the store.
 	sameEndpoint bool
 	destExtra    string // extra YAML keys of the destination, indented by 4
+	// moreDests are further items of the destinations list, indented by 2.
+	moreDests string
 	// Endpoints the daemon is given instead of the servers' own (fault
 	// proxies); the test's own clients still talk to the servers.
 	srcEndpoint, dstEndpoint, sqsEndpoint string
@@ -192,11 +194,12 @@ destinations:
     access_key_id: ${TEST_AK}
     secret_access_key: ${TEST_SK}
 %s
+%s
 rules:
 %s
 transfer:
 %s
-%s`, o.stateDir, w.listen, w.queueURL, sqsEndpoint, o.waitTime, o.visibility, srcEndpoint, destEndpoint, o.destExtra,
+%s`, o.stateDir, w.listen, w.queueURL, sqsEndpoint, o.waitTime, o.visibility, srcEndpoint, destEndpoint, o.destExtra, o.moreDests,
 		strings.TrimPrefix(fmt.Sprintf(o.rules, w.srcBucket, w.dstBucket), "\n"), o.transfer, o.extra)
 	w.configPath = filepath.Join(w.dir, "config.yaml")
 	must(t, os.WriteFile(w.configPath, []byte(cfg), 0o600))

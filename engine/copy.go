@@ -67,7 +67,7 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 	}
 	obj, err := e.cfg.Source.Get(ctx, op.source(""), nil)
 	if err != nil {
-		return "", fmt.Errorf("get %s: %w", op, err)
+		return "", fromSource(fmt.Errorf("get %s: %w", op, err))
 	}
 	if err := checkNotOverwritten(op, obj); err != nil {
 		obj.Body.Close()
@@ -80,17 +80,18 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 		return e.copyMultipart(ctx, rule, dest, op, nil)
 	}
 	e.learnSize(op, obj.Size)
-	buf, err := e.buffers.get(ctx, obj.Size)
+	buffers := e.buffers[op.Dest]
+	buf, err := buffers.get(ctx, obj.Size)
 	if err != nil {
 		obj.Body.Close()
 		return "", err
 	}
-	defer e.buffers.put(buf)
+	defer buffers.put(buf)
 	n, crc, err := readFull(obj.Body, buf)
 	obj.Body.Close()
 	e.m.sourceBytes.Add(float64(n))
 	if err != nil {
-		return "", fmt.Errorf("read %s: got %d of %d bytes: %w", op, n, obj.Size, err)
+		return "", fromSource(fmt.Errorf("read %s: got %d of %d bytes: %w", op, n, obj.Size, err))
 	}
 	if err := e.readTags(ctx, op, obj); err != nil {
 		return "", err
@@ -148,7 +149,7 @@ func (e *Engine) readTags(ctx context.Context, op *Op, obj *Object) error {
 	}
 	tags, err := e.cfg.Source.Tags(ctx, op.Bucket, op.Key, op.VersionID)
 	if err != nil {
-		return fmt.Errorf("get tags of %s: %w", op, err)
+		return fromSource(fmt.Errorf("get tags of %s: %w", op, err))
 	}
 	obj.Tags = tags
 	return nil
@@ -209,7 +210,7 @@ func PartSizeFor(size, configured int64) int64 {
 func (e *Engine) stat(ctx context.Context, op *Op) (*Object, error) {
 	head, err := e.cfg.Source.Get(ctx, op.source(""), &ByteRange{0, 0})
 	if err != nil {
-		return nil, fmt.Errorf("get %s: %w", op, err)
+		return nil, fromSource(fmt.Errorf("get %s: %w", op, err))
 	}
 	_, _ = io.Copy(io.Discard, head.Body)
 	head.Body.Close()
@@ -486,23 +487,24 @@ func (e *Engine) sendPart(ctx context.Context, dest Destination, cp ServerSideCo
 		e.m.inStoreBytes.WithLabelValues(op.Dest).Add(float64(size))
 		return Part{Number: n, ETag: etag}, nil
 	}
-	buf, err := e.buffers.get(ctx, size)
+	buffers := e.buffers[op.Dest]
+	buf, err := buffers.get(ctx, size)
 	if err != nil {
 		return Part{}, err
 	}
-	defer e.buffers.put(buf)
+	defer buffers.put(buf)
 	var crc uint32
 	if size > 0 {
 		obj, err := e.cfg.Source.Get(ctx, op.source(up.ETag), &r)
 		if err != nil {
-			return Part{}, fmt.Errorf("get part %d of %s: %w", n, op, err)
+			return Part{}, fromSource(fmt.Errorf("get part %d of %s: %w", n, op, err))
 		}
 		var got int
 		got, crc, err = readFull(obj.Body, buf)
 		obj.Body.Close()
 		e.m.sourceBytes.Add(float64(got))
 		if err != nil {
-			return Part{}, fmt.Errorf("read part %d of %s: got %d of %d bytes: %w", n, op, got, size, err)
+			return Part{}, fromSource(fmt.Errorf("read part %d of %s: got %d of %d bytes: %w", n, op, got, size, err))
 		}
 	}
 	etag, err := dest.UploadPart(ctx, op.DestBucket, op.DestKey, up.UploadID, n, Payload{Data: buf, CRC32C: crc})

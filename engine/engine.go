@@ -38,7 +38,9 @@ type Config struct {
 	// BandwidthLimit caps the bytes per second written to a destination.
 	BandwidthLimit map[string]int64
 	// BufferMemory bounds the bytes held in copy buffers (objects copied
-	// in one PUT and parts); 0 means one part per part slot.
+	// in one PUT and parts) for each destination, so that one destination
+	// that stalls with its buffers full cannot starve another; 0 means one
+	// part per part slot.
 	BufferMemory      int64
 	VisibilityTimeout time.Duration
 	// DrainTimeout bounds how long copies already running may go on after
@@ -65,7 +67,7 @@ type Engine struct {
 	log     *slog.Logger
 	m       *metrics
 	sched   *scheduler
-	buffers *bufferPool
+	buffers map[string]*bufferPool  // by destination
 	dests   map[string]Destination  // wrapped in their limits
 	inStore map[string]*atomic.Bool // server-side copy still allowed
 
@@ -89,11 +91,19 @@ type Engine struct {
 	pauseMu      sync.Mutex
 	pauseChanged chan struct{}
 
-	// failing is set when a copy fails transiently; the next success wakes
-	// every op in backoff (at most once per wakeEvery).
+	// health is, for the source and each destination, whether a copy has
+	// failed there since the last success: the next success there wakes the
+	// ops in backoff because of it (at most once per wakeEvery).
+	health map[string]*health
+}
+
+type health struct {
 	failing  atomic.Bool
 	lastWake atomic.Int64
 }
+
+// sourceSide names the source in Engine.health and Op.failSide.
+const sourceSide = "\x00source"
 
 // wakeEvery bounds how often a success wakes the ops in backoff.
 const wakeEvery = time.Second
@@ -148,7 +158,6 @@ func New(cfg Config) (*Engine, error) {
 		cfg:          cfg,
 		rules:        NewRules(cfg.Rules),
 		log:          cfg.Logger,
-		sched:        newScheduler(),
 		loaded:       make(chan struct{}),
 		finishers:    make(chan struct{}, cfg.Workers),
 		records:      make(chan recordReq, 4*cfg.Pollers),
@@ -157,14 +166,6 @@ func New(cfg Config) (*Engine, error) {
 		statePath:    cfg.StatePath,
 		pauseChanged: make(chan struct{}),
 	}
-	// The window is topped up once half of it is done.
-	e.sched.low, e.sched.onLow = cfg.MaxBacklog/2, func() {
-		select {
-		case e.refill <- struct{}{}:
-		default:
-		}
-	}
-	e.buffers = newBufferPool(e.cfg.BufferMemory)
 	names := slices.Sorted(maps.Keys(cfg.Destinations))
 	e.m = newMetrics(cfg.Registerer, e.rules, names, func() float64 {
 		t, ok, err := e.cfg.State.OldestPending(context.Background())
@@ -173,11 +174,13 @@ func New(cfg Config) (*Engine, error) {
 		}
 		return max(time.Since(t).Seconds(), 0)
 	})
-	e.dests, e.inStore = map[string]Destination{}, map[string]*atomic.Bool{}
+	limits := map[string]*adaptive{}
+	e.dests, e.inStore, e.buffers = map[string]Destination{}, map[string]*atomic.Bool{}, map[string]*bufferPool{}
+	e.health = map[string]*health{sourceSide: {}}
 	for _, name := range names {
 		d := cfg.Destinations[name]
-		ld := &limitedDest{Destination: d,
-			conc: newAdaptive(cfg.Workers*cfg.PartConcurrency, e.m.concurrency.WithLabelValues(name), e.m.throttled.WithLabelValues(name))}
+		limits[name] = newAdaptive(cfg.Workers, e.m.concurrency.WithLabelValues(name), e.m.throttled.WithLabelValues(name))
+		ld := &limitedDest{Destination: d, conc: limits[name]}
 		if bw := cfg.BandwidthLimit[name]; bw > 0 {
 			ld.bw = &pacer{rate: float64(bw)}
 		}
@@ -186,6 +189,19 @@ func New(cfg Config) (*Engine, error) {
 			e.dests[name] = &limitedCopier{limitedDest: ld, c: c}
 			e.inStore[name] = &atomic.Bool{}
 			e.inStore[name].Store(true)
+		}
+		e.buffers[name] = newBufferPool(e.cfg.BufferMemory)
+		e.health[name] = &health{}
+	}
+	e.sched = newScheduler(cfg.Workers, limits)
+	for _, a := range limits {
+		a.onRaise = e.sched.poke
+	}
+	// The window is topped up once half of it is done.
+	e.sched.low, e.sched.onLow = cfg.MaxBacklog/2, func() {
+		select {
+		case e.refill <- struct{}{}:
+		default:
 		}
 	}
 	return e, nil
@@ -486,17 +502,43 @@ func (e *Engine) handle(ctx context.Context, msgs []Message) []Message {
 		ops = append(ops, msgOps...)
 		ack = append(ack, msg)
 	}
-	if len(ops) > 0 {
-		if _, err := e.record(ctx, ops); err != nil {
-			if ctx.Err() == nil {
-				// Visible again at once: they will be received again when
-				// the state file takes writes.
-				_ = e.cfg.Queue.ExtendVisibility(context.WithoutCancel(ctx), ack, 0)
-			}
+	for len(ops) > 0 {
+		_, err := e.record(ctx, ops)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			e.release(ctx, ack)
+			return nil
+		}
+		if !errors.Is(err, errPaused) && !diskFull(err) {
+			// Let the queue deliver them again (here or on another node).
+			e.release(ctx, ack)
+			return nil
+		}
+		// The state disk is full. Hold on to the batch, still invisible
+		// (the heartbeat keeps it so), and record it once space returns:
+		// returned to the queue, every message would be received again at
+		// each try and end in the dead-letter queue.
+		if e.waitUnpaused(ctx) != nil {
+			e.release(ctx, ack)
 			return nil
 		}
 	}
 	return ack
+}
+
+// release makes messages whose work was not recorded visible again at once.
+func (e *Engine) release(ctx context.Context, msgs []Message) {
+	if len(msgs) == 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := e.cfg.Queue.ExtendVisibility(rctx, msgs, 0); err != nil {
+		e.m.queueErrors.Inc()
+		e.log.Warn("cannot return messages to the queue; they come back after the visibility timeout", "err", err)
+	}
 }
 
 func (e *Engine) heartbeat(ctx context.Context, msgs []Message) {
@@ -659,7 +701,7 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 		return
 	}
 	op.Replica = replica
-	e.recovered()
+	e.recovered(op)
 	// The worker goes on to the next op while the state file commits this
 	// one; the key stays taken until then, so its order holds.
 	select {
@@ -707,35 +749,61 @@ func (e *Engine) finish(ctx context.Context, op *Op, s State, reason string) {
 	e.sched.Done(op, true)
 }
 
-// recovered wakes the ops held back by failures once a copy succeeds: the
-// store (or the network) is back, and they need not wait out their backoff.
-func (e *Engine) recovered() {
-	if !e.failing.Load() {
-		return
-	}
-	now := time.Now().UnixNano()
-	last := e.lastWake.Load()
-	if now-last < int64(wakeEvery) || !e.lastWake.CompareAndSwap(last, now) {
-		return
-	}
-	e.failing.Store(false)
-	if n := e.sched.WakeAll(); n > 0 {
-		e.log.Info("a copy succeeded after failures: retrying the operations in backoff now", "operations", n)
+// recovered wakes the ops held back by failures on the source or on op's
+// destination once a copy there succeeds: the store (or the network) is
+// back, and they need not wait out their backoff. Ops waiting on another
+// destination stay as they are: its outage is not over.
+func (e *Engine) recovered(op *Op) {
+	for _, side := range []string{op.Dest, sourceSide} {
+		h := e.health[side]
+		if h == nil || !h.failing.Load() {
+			continue
+		}
+		now := time.Now().UnixNano()
+		last := h.lastWake.Load()
+		if now-last < int64(wakeEvery) || !h.lastWake.CompareAndSwap(last, now) {
+			continue
+		}
+		h.failing.Store(false)
+		if n := e.sched.Wake(func(o *Op) bool { return o.failSide == side }); n > 0 {
+			where := "destination " + side
+			if side == sourceSide {
+				where = "the source"
+			}
+			e.log.Info("a copy succeeded after failures: retrying the operations in backoff now", "on", where, "operations", n)
+		}
 	}
 }
 
 func (e *Engine) retryLater(ctx context.Context, op *Op, err error, log *slog.Logger) {
-	e.failing.Store(true)
+	op.failSide = op.Dest
+	var se sourceError
+	if errors.As(err, &se) {
+		op.failSide = sourceSide
+	}
+	if h := e.health[op.failSide]; h != nil {
+		h.failing.Store(true)
+	}
 	op.Attempts++
 	op.State = Pending
 	op.LastError = err.Error()
 	op.NextAttempt = time.Now().Add(backoff(op.Attempts, e.cfg.BackoffMin, e.cfg.BackoffMax))
 	log.Warn("copy failed, will retry", "attempt", op.Attempts, "next", op.NextAttempt.Format(time.RFC3339), "err", err)
-	if serr := e.cfg.State.Save(context.WithoutCancel(ctx), op); serr != nil && !diskFull(serr) {
-		log.Error("cannot save retry state", "err", serr)
+	if serr := e.cfg.State.Save(context.WithoutCancel(ctx), op); serr != nil {
+		// The op stays pending in memory either way; a full disk pauses.
+		e.stateFailed(serr)
 	}
 	e.sched.Done(op, false)
 }
+
+// sourceError marks an error that came from the source store, so that the
+// source's recovery wakes the ops it held back, whatever their destination.
+type sourceError struct{ error }
+
+func (e sourceError) Unwrap() error { return e.error }
+
+// fromSource marks err as the source's.
+func fromSource(err error) error { return sourceError{err} }
 
 // backoff is exponential with full jitter in its upper half.
 func backoff(attempt int, lo, hi time.Duration) time.Duration {

@@ -226,10 +226,22 @@ func (e *Engine) stateFailed(err error) {
 	}
 }
 
-// probeDisk tries a write to the state file; when it succeeds, the pause
-// ends.
+// SpaceProber is a StateStore on a disk that can fill: Probe succeeds only
+// when a write that needs new space would (a write of nothing succeeds on a
+// full disk).
+type SpaceProber interface {
+	Probe(ctx context.Context) error
+}
+
+// probeDisk ends the pause when the state store can grow again.
 func (e *Engine) probeDisk(ctx context.Context) {
-	if err := e.cfg.State.SaveAll(context.Background(), nil); err != nil {
+	var err error
+	if p, ok := e.cfg.State.(SpaceProber); ok {
+		err = p.Probe(ctx)
+	} else {
+		err = e.cfg.State.SaveAll(ctx, nil)
+	}
+	if err != nil {
 		return
 	}
 	if e.paused.CompareAndSwap(true, false) {

@@ -9,57 +9,58 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// adaptive bounds the write requests in flight to one destination. When
-// the destination pushes back (SlowDown, 503, 429, timeouts) the limit is
+// adaptive is a destination's limit on operations in flight. When the
+// destination pushes back (SlowDown, 503, 429, timeouts) the limit is
 // halved, at most once per cooldown so that one burst of refusals counts
 // once; every success raises it by 1/limit, that is by one per round of
-// requests, up to the ceiling.
+// requests, up to the ceiling. The scheduler admits a destination's
+// operations against it, so a destination that is slow or stalled holds
+// few workers and never makes a worker wait for it.
 type adaptive struct {
 	ceiling  float64
 	cooldown time.Duration
 	gauge    prometheus.Gauge
 	throttle prometheus.Counter
+	// onRaise is called (without the lock) when the limit rises past a
+	// whole number: an operation held back by it may run now.
+	onRaise func()
 
-	mu       sync.Mutex
-	limit    float64
-	inFlight int
-	lastCut  time.Time
-	wake     chan struct{} // closed when a slot may have opened
+	mu           sync.Mutex
+	limit        float64
+	lastCut      time.Time
+	lastPushback time.Time
 }
 
 func newAdaptive(ceiling int, gauge prometheus.Gauge, throttle prometheus.Counter) *adaptive {
 	a := &adaptive{ceiling: float64(ceiling), cooldown: time.Second, gauge: gauge, throttle: throttle,
-		limit: float64(ceiling), wake: make(chan struct{})}
+		limit: float64(ceiling)}
 	gauge.Set(a.limit)
 	return a
 }
 
-func (a *adaptive) acquire(ctx context.Context) error {
-	for {
-		a.mu.Lock()
-		if a.inFlight < int(a.limit) {
-			a.inFlight++
-			a.mu.Unlock()
-			return nil
-		}
-		wake := a.wake
-		a.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-wake:
-		}
-	}
-}
-
-// release ends a request and adapts the limit to how it went.
-func (a *adaptive) release(err error) {
+// Limit is the number of operations the destination may have in flight.
+func (a *adaptive) Limit() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.inFlight--
+	return int(a.limit)
+}
+
+// healthy reports whether the destination has not pushed back lately:
+// only then may it borrow workers beyond its share.
+func (a *adaptive) healthy(now time.Time) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return now.Sub(a.lastPushback) >= activeWindow
+}
+
+// observe adapts the limit to how a request to the destination went.
+func (a *adaptive) observe(err error) {
+	a.mu.Lock()
+	before := int(a.limit)
 	switch {
 	case pushback(err):
 		a.throttle.Inc()
+		a.lastPushback = time.Now()
 		if now := time.Now(); now.Sub(a.lastCut) >= a.cooldown {
 			a.limit = max(1, a.limit/2)
 			a.lastCut = now
@@ -67,9 +68,12 @@ func (a *adaptive) release(err error) {
 	case err == nil:
 		a.limit = min(a.ceiling, a.limit+1/a.limit)
 	}
-	a.gauge.Set(float64(int(a.limit)))
-	close(a.wake)
-	a.wake = make(chan struct{})
+	after := int(a.limit)
+	a.gauge.Set(float64(after))
+	a.mu.Unlock()
+	if after > before && a.onRaise != nil {
+		a.onRaise()
+	}
 }
 
 // pushback tells whether err means the destination wants less load.
@@ -115,8 +119,10 @@ func (p *pacer) wait(ctx context.Context, n int64) error {
 	return nil
 }
 
-// limitedDest applies a destination's adaptive concurrency and bandwidth
-// limit to every write sent to it.
+// limitedDest paces the bytes written to a destination and feeds how
+// each write went to its adaptive limit; admission against that limit is
+// the scheduler's (see scheduler.Next), so no write waits here for other
+// operations.
 type limitedDest struct {
 	Destination
 	conc *adaptive
@@ -127,11 +133,8 @@ func (d *limitedDest) do(ctx context.Context, n int64, f func() error) error {
 	if err := d.bw.wait(ctx, n); err != nil {
 		return err
 	}
-	if err := d.conc.acquire(ctx); err != nil {
-		return err
-	}
 	err := f()
-	d.conc.release(err)
+	d.conc.observe(err)
 	return err
 }
 

@@ -3,90 +3,9 @@ package engine
 import (
 	"context"
 	"errors"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 )
-
-var errSlowDown = &Error{Class: Transient, Reason: ReasonThrottled, Err: errors.New("SlowDown")}
-
-// A destination that refuses more than 4 requests at a time: the limit
-// falls from its ceiling to about what the destination takes, every
-// request eventually succeeds, and once the pressure is gone the limit
-// climbs back to the ceiling.
-func TestAdaptiveConcurrencyBacksOffAndRecovers(t *testing.T) {
-	gauge := prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"})
-	throttled := prometheus.NewCounter(prometheus.CounterOpts{Name: "c"})
-	a := newAdaptive(32, gauge, throttled)
-	a.cooldown = 0 // every refusal counts, to converge within the test
-
-	const capacity = 4
-	var inFlight, refusals, successes atomic.Int64
-	var wg sync.WaitGroup
-	for range 64 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for done := 0; done < 20; {
-				if err := a.acquire(context.Background()); err != nil {
-					t.Error(err)
-					return
-				}
-				var err error
-				if inFlight.Add(1) > capacity {
-					err = errSlowDown
-					refusals.Add(1)
-				} else {
-					time.Sleep(100 * time.Microsecond)
-					successes.Add(1)
-					done++
-				}
-				inFlight.Add(-1)
-				a.release(err)
-			}
-		}()
-	}
-	wg.Wait()
-	if successes.Load() != 64*20 {
-		t.Fatalf("%d successes, want %d", successes.Load(), 64*20)
-	}
-	if refusals.Load() == 0 {
-		t.Fatal("the destination never refused: the test did not exercise back-off")
-	}
-	// At a fixed limit of 32 most attempts would be refused (28 of every
-	// 32); adapting keeps refusals well under the successes.
-	t.Logf("%d refusals for %d successes", refusals.Load(), successes.Load())
-	if refusals.Load() > successes.Load()/2 {
-		t.Errorf("%d refusals for %d successes: the limit did not adapt to the destination", refusals.Load(), successes.Load())
-	}
-	if got := testutil.ToFloat64(gauge); got != float64(int(a.limit)) {
-		t.Errorf("gauge %v, limit %v", got, a.limit)
-	}
-
-	for range 1000 {
-		_ = a.acquire(context.Background())
-		a.release(nil)
-	}
-	if a.limit != 32 {
-		t.Errorf("limit %v after 1000 successes, want back at the ceiling 32", a.limit)
-	}
-}
-
-func TestAdaptiveAcquireHonoursContext(t *testing.T) {
-	a := newAdaptive(1, prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"}), prometheus.NewCounter(prometheus.CounterOpts{Name: "c"}))
-	if err := a.acquire(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	if err := a.acquire(ctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("second acquire at limit 1: %v, want the context's error", err)
-	}
-}
 
 // The pacer books writes back to back at the configured rate; idle time
 // does not build up a burst.

@@ -86,7 +86,7 @@ func newMetrics(reg prometheus.Registerer, rules Rules, dests []string, oldest f
 		}, []string{"destination"}),
 		concurrency: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "s3replicad_destination_concurrency",
-			Help: "Write requests the daemon currently allows in flight to a destination (halved when it throttles, regained slowly).",
+			Help: "Operations the daemon currently allows in flight to a destination (halved when it throttles or stalls, regained slowly).",
 		}, []string{"destination"}),
 		throttled: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "s3replicad_destination_throttled_total",

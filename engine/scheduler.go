@@ -13,21 +13,51 @@ import (
 // run one at a time, oldest sequencer first; keys whose head op comes from a
 // live event are served before keys that only hold backfill work; an op
 // waiting for its backoff does not hold up other keys.
+//
+// Ready work is queued per destination (a lane), and a worker only takes
+// an op whose destination may have one more in flight: below its adaptive
+// limit, and within its fair share of the workers while other destinations
+// have work (it may borrow idle workers beyond its share, but never the
+// last one another destination with work could use). So a destination that
+// stalls or throttles holds few workers, and no worker waits on one
+// destination while another has work.
 type scheduler struct {
 	mu      sync.Mutex
 	keys    map[string]*keyQueue
-	ready   [2][]*keyQueue // [0] live, [1] backfill
-	wake    chan struct{}
-	count   int    // ops held
-	onReady func() // test hook
+	lanes   map[string]*lane
+	order   []*lane // round robin over destinations
+	next    int
+	workers int
+	busy    int // ops handed out and not yet done, all lanes
+	// changed is closed (and replaced) whenever work becomes ready or a
+	// lane gets room: idle workers look again.
+	changed chan struct{}
+	count   int // ops held
 	// onLow is called (with the lock held: it must not block) when the
 	// ops held fall to low.
 	low   int
 	onLow func()
+	now   func() time.Time
 }
+
+// lane is one destination's share of the scheduler.
+type lane struct {
+	name     string
+	conc     *adaptive      // the destination's limit; nil: none
+	ready    [2][]*keyQueue // [0] live, [1] backfill
+	inFlight int            // ops of this lane with a worker
+	held     int            // ops held for this destination
+	lastBusy time.Time      // last time one of its ops started or ended
+}
+
+// activeWindow is how long a destination counts as having work after its
+// last op: a destination whose ops are fast is rarely caught with one
+// queued, and must still keep its share.
+const activeWindow = 10 * time.Second
 
 type keyQueue struct {
 	id      string
+	lane    *lane
 	ops     []*Op // sorted by sequencer, then arrival
 	busy    bool  // head op is with a worker
 	queued  bool  // in a ready list
@@ -35,8 +65,27 @@ type keyQueue struct {
 	timer   *time.Timer
 }
 
-func newScheduler() *scheduler {
-	return &scheduler{keys: map[string]*keyQueue{}, wake: make(chan struct{}, 1)}
+// newScheduler builds a scheduler for workers workers; limits are the
+// destinations' adaptive limits (a destination without one is bounded by
+// its share only).
+func newScheduler(workers int, limits map[string]*adaptive) *scheduler {
+	s := &scheduler{keys: map[string]*keyQueue{}, lanes: map[string]*lane{}, workers: max(workers, 1),
+		changed: make(chan struct{}), now: time.Now}
+	for name, a := range limits {
+		s.laneLocked(name).conc = a
+	}
+	return s
+}
+
+func (s *scheduler) laneLocked(name string) *lane {
+	l := s.lanes[name]
+	if l == nil {
+		l = &lane{name: name}
+		s.lanes[name] = l
+		s.order = append(s.order, l)
+		sort.Slice(s.order, func(i, j int) bool { return s.order[i].name < s.order[j].name })
+	}
+	return l
 }
 
 // opBefore orders ops of one key: by sequencer when both have one, else
@@ -55,7 +104,7 @@ func (s *scheduler) Add(ops ...*Op) {
 	for _, op := range ops {
 		kq := s.keys[op.DestKeyID()]
 		if kq == nil {
-			kq = &keyQueue{id: op.DestKeyID()}
+			kq = &keyQueue{id: op.DestKeyID(), lane: s.laneLocked(op.Dest)}
 			s.keys[kq.id] = kq
 		}
 		dup := false
@@ -78,8 +127,9 @@ func (s *scheduler) Add(ops ...*Op) {
 		copy(kq.ops[i+1:], kq.ops[i:])
 		kq.ops[i] = op
 		s.count++
-		if i == 0 && kq.waiting && op.NextAttempt.IsZero() {
-			// A new head that needs no backoff runs at once.
+		kq.lane.held++
+		if i == 0 && kq.waiting && !op.NextAttempt.After(s.now()) {
+			// A new head that needs no wait runs at once.
 			kq.timer.Stop()
 			kq.waiting = false
 		}
@@ -92,13 +142,16 @@ func (s *scheduler) makeReadyLocked(kq *keyQueue) {
 		return
 	}
 	head := kq.ops[0]
-	if d := time.Until(head.NextAttempt); d > 0 {
+	if d := head.NextAttempt.Sub(s.now()); d > 0 {
 		kq.waiting = true
 		kq.timer = time.AfterFunc(d, func() {
 			s.mu.Lock()
+			defer s.mu.Unlock()
+			if !kq.waiting {
+				return
+			}
 			kq.waiting = false
 			s.makeReadyLocked(kq)
-			s.mu.Unlock()
 		})
 		return
 	}
@@ -107,53 +160,122 @@ func (s *scheduler) makeReadyLocked(kq *keyQueue) {
 		class = 1
 	}
 	kq.queued = true
-	s.ready[class] = append(s.ready[class], kq)
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-	if s.onReady != nil {
-		s.onReady()
-	}
+	kq.lane.ready[class] = append(kq.lane.ready[class], kq)
+	s.signalLocked()
 }
 
-// Next blocks until an op is ready or ctx ends.
+// signalLocked wakes every idle worker to look for work again.
+func (s *scheduler) signalLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// poke wakes idle workers: a destination's limit rose.
+func (s *scheduler) poke() {
+	s.mu.Lock()
+	s.signalLocked()
+	s.mu.Unlock()
+}
+
+// Next blocks until an op may run or ctx ends.
 func (s *scheduler) Next(ctx context.Context) (*Op, error) {
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err // stopping: start nothing new
 		}
 		s.mu.Lock()
-		for class := range s.ready {
-			for len(s.ready[class]) > 0 {
-				kq := s.ready[class][0]
-				s.ready[class][0] = nil
-				s.ready[class] = s.ready[class][1:]
-				kq.queued = false
-				if kq.busy || kq.waiting || len(kq.ops) == 0 {
-					continue
-				}
-				kq.busy = true
-				op := kq.ops[0]
-				more := len(s.ready[0])+len(s.ready[1]) > 0
-				s.mu.Unlock()
-				if more {
-					// Pass the wake-up on so another idle worker looks too.
-					select {
-					case s.wake <- struct{}{}:
-					default:
-					}
-				}
-				return op, nil
-			}
-		}
+		op := s.pickLocked()
+		ch := s.changed
 		s.mu.Unlock()
+		if op != nil {
+			return op, nil
+		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-s.wake:
+		case <-ch:
 		}
 	}
+}
+
+// pickLocked takes the first ready op, live work first, going round the
+// destinations that may run one more.
+func (s *scheduler) pickLocked() *Op {
+	now := s.now()
+	n := len(s.order)
+	for class := range 2 {
+		for i := 0; i < n; i++ {
+			l := s.order[(s.next+i)%n]
+			q := l.ready[class]
+			for len(q) > 0 && (q[0].busy || q[0].waiting || len(q[0].ops) == 0) {
+				q[0].queued = false
+				q[0] = nil
+				q = q[1:]
+			}
+			l.ready[class] = q
+			if len(q) == 0 || !s.admitLocked(l, now) {
+				continue
+			}
+			kq := q[0]
+			q[0] = nil
+			l.ready[class] = q[1:]
+			kq.queued, kq.busy = false, true
+			l.inFlight++
+			l.lastBusy = now
+			s.busy++
+			s.next = (s.next + i + 1) % n
+			return kq.ops[0]
+		}
+	}
+	return nil
+}
+
+// admitLocked reports whether lane l may have one more op in flight. Every
+// destination gets its first worker whenever one is free; beyond that, a
+// destination takes workers up to its fair share of them (among the
+// destinations with work) while leaving one free for each other
+// destination that has none in flight; it borrows idle workers beyond its
+// share only while it answers well (no throttling or timeouts lately), and
+// never the last one another destination below its share could use.
+func (s *scheduler) admitLocked(l *lane, now time.Time) bool {
+	if l.conc != nil && l.inFlight >= l.conc.Limit() {
+		return false
+	}
+	free := s.workers - s.busy
+	if free <= 0 {
+		return false
+	}
+	if l.inFlight == 0 {
+		return true
+	}
+	active, idle := 0, 0
+	for _, o := range s.order {
+		if o == l || o.active(now) {
+			active++
+		}
+		if o != l && o.inFlight == 0 {
+			idle++
+		}
+	}
+	idle = min(idle, s.workers/2) // a lone busy destination keeps half at least
+	share := (s.workers + active - 1) / active
+	if l.inFlight < share {
+		return free-1 >= idle
+	}
+	if l.conc != nil && !l.conc.healthy(now) {
+		return false
+	}
+	reserve := idle
+	for _, o := range s.order {
+		if o != l && o.inFlight > 0 && o.active(now) && o.inFlight < share {
+			reserve++
+		}
+	}
+	return free-1 >= reserve
+}
+
+func (l *lane) active(now time.Time) bool {
+	return l.held > 0 || l.inFlight > 0 || now.Sub(l.lastBusy) < activeWindow
 }
 
 // Done releases an op's key. When finished is false the op stays at the
@@ -165,12 +287,18 @@ func (s *scheduler) Done(op *Op, finished bool) {
 	if kq == nil {
 		return
 	}
-	kq.busy = false
+	if kq.busy {
+		kq.busy = false
+		kq.lane.inFlight--
+		kq.lane.lastBusy = s.now()
+		s.busy--
+	}
 	if finished {
 		for i, o := range kq.ops {
 			if o == op {
 				kq.ops = append(kq.ops[:i], kq.ops[i+1:]...)
 				s.count--
+				kq.lane.held--
 				if s.count == s.low && s.onLow != nil {
 					s.onLow()
 				}
@@ -182,21 +310,24 @@ func (s *scheduler) Done(op *Op, finished bool) {
 	sort.SliceStable(kq.ops, func(i, j int) bool { return opBefore(kq.ops[i], kq.ops[j]) })
 	if len(kq.ops) == 0 {
 		delete(s.keys, kq.id)
-		return
+	} else {
+		s.makeReadyLocked(kq)
 	}
-	s.makeReadyLocked(kq)
+	// The lane has room for another op.
+	s.signalLocked()
 }
 
-// WakeAll ends every backoff wait: the ops held back by a failure run as
-// soon as a worker is free. Called when a copy succeeds after failures, so
-// that a backlog held up by an outage drains as soon as it ends rather
-// than when each op's own backoff runs out.
-func (s *scheduler) WakeAll() int {
+// Wake ends the backoff wait of every key whose head op match selects: the
+// ops held back by a failure run as soon as a worker is free. Called when a
+// copy succeeds after failures, so that a backlog held up by an outage
+// drains as soon as it ends rather than when each op's own backoff runs
+// out.
+func (s *scheduler) Wake(match func(*Op) bool) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
 	for _, kq := range s.keys {
-		if !kq.waiting {
+		if !kq.waiting || !match(kq.ops[0]) {
 			continue
 		}
 		kq.timer.Stop()

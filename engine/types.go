@@ -88,6 +88,10 @@ type Op struct {
 	LastError    string    `json:"last_error,omitempty"`
 	Replica      string    `json:"replica_version_id,omitempty"`
 	Finished     time.Time `json:"finished,omitempty"`
+
+	// failSide is where the op last failed (sourceSide or its
+	// destination), in memory only: a success there wakes it.
+	failSide string
 }
 
 // ID identifies an op: one per rule and source version. Every write of
