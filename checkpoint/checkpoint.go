@@ -362,6 +362,9 @@ func (x *tx) save(op *engine.Op, rec []byte) error {
 	}
 	x.stats.count(old, -1)
 	x.stats.count(op, 1)
+	if op.State == engine.Completed && old.State != engine.Completed && op.Late() {
+		x.stats[counterKey('l', op.Rule)]++
+	}
 	return x.advanceKey(op)
 }
 
@@ -374,9 +377,12 @@ func (x *tx) insertAndKey(op *engine.Op) error {
 
 // advanceKey records a completed op as what its destination key holds,
 // moving forward only: a backfilled or unsequenced op does not erase what
-// a sequenced event established.
+// a sequenced event established. A late op moves the last replica only:
+// to its late version once written, then to the copy it put on top, which
+// holds the newest version from then on.
 func (x *tx) advanceKey(op *engine.Op) error {
-	if op.State != engine.Completed {
+	lateWritten := op.State == engine.InFlight && op.Late() && op.Replica != ""
+	if op.State != engine.Completed && !lateWritten {
 		return nil
 	}
 	k := hash16(op.DestKeyID())
@@ -387,15 +393,28 @@ func (x *tx) advanceKey(op *engine.Op) error {
 			return err
 		}
 	}
-	// The last replica follows every write; the newest version moves
-	// forward only.
 	next := last
-	if op.Replica != "" {
+	switch {
+	case lateWritten:
 		next.LastReplica = engine.VersionDigest(op.Replica)
-	}
-	if (op.Sequencer != "" || last.Sequencer == "") &&
-		(last.Sequencer == "" || event.CompareSequencer(op.Sequencer, last.Sequencer) >= 0) {
-		next.Sequencer, next.Version, next.Seq = op.Sequencer, engine.VersionDigest(op.VersionID), op.Seq
+	case op.Late():
+		if op.OnTopReplica != "" {
+			next.LastReplica = engine.VersionDigest(op.OnTopReplica)
+			next.NewestReplica = op.OnTopReplica
+		} else if op.Replica != "" {
+			next.LastReplica = engine.VersionDigest(op.Replica)
+		}
+	default:
+		// The last replica follows every write; the newest version moves
+		// forward only.
+		if op.Replica != "" {
+			next.LastReplica = engine.VersionDigest(op.Replica)
+		}
+		if (op.Sequencer != "" || last.Sequencer == "") &&
+			(last.Sequencer == "" || event.CompareSequencer(op.Sequencer, last.Sequencer) >= 0) {
+			next.Sequencer, next.Version, next.Seq = op.Sequencer, engine.VersionDigest(op.VersionID), op.Seq
+			next.NewestReplica, next.NewestMarker = op.Replica, op.Action == engine.ActionDeleteMarker
+		}
 	}
 	return x.keys.Put(k, encodeKeyState(next))
 }

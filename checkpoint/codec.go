@@ -103,6 +103,17 @@ func encodeOp(op *engine.Op) []byte {
 	for _, t := range []time.Time{eventTime, recorded, next, started, op.Finished} {
 		b = appendTime(b, t)
 	}
+	// An optional tail, absent from most records (and from those of older
+	// releases): what a late version puts back on top.
+	if op.Late() || op.OnTopReplica != "" {
+		var flags byte
+		if op.OnTopMarker {
+			flags |= 1
+		}
+		b = append(b, flags)
+		b = appendString(b, op.OnTop)
+		b = appendString(b, op.OnTopReplica)
+	}
 	return b
 }
 
@@ -219,6 +230,10 @@ func decodeOp(seq uint64, b []byte) (*engine.Op, error) {
 	op.Size = r.varint()
 	op.Attempts = int(r.uvarint())
 	op.EventTime, op.Recorded, op.NextAttempt, op.WriteStarted, op.Finished = r.time(), r.time(), r.time(), r.time(), r.time()
+	if r.err == nil && len(r.b) > 0 {
+		op.OnTopMarker = r.byte()&1 != 0
+		op.OnTop, op.OnTopReplica = r.string(), r.string()
+	}
 	if r.err != nil {
 		return nil, fmt.Errorf("operation %d: %w", seq, r.err)
 	}
@@ -275,7 +290,16 @@ func encodeKeyState(k keyState) []byte {
 	b := appendHex(nil, k.Sequencer)
 	b = binary.BigEndian.AppendUint64(b, k.Version)
 	b = binary.AppendUvarint(b, k.Seq)
-	return binary.BigEndian.AppendUint64(b, k.LastReplica)
+	b = binary.BigEndian.AppendUint64(b, k.LastReplica)
+	if k.NewestReplica != "" || k.NewestMarker {
+		var flags byte
+		if k.NewestMarker {
+			flags |= 1
+		}
+		b = append(b, flags)
+		b = appendString(b, k.NewestReplica)
+	}
+	return b
 }
 
 func decodeKeyState(b []byte) (keyState, error) {
@@ -288,7 +312,11 @@ func decodeKeyState(b []byte) (keyState, error) {
 	}
 	k.Seq = r.uvarint()
 	if len(r.b) >= 8 {
-		k.LastReplica = binary.BigEndian.Uint64(r.b)
+		k.LastReplica, r.b = binary.BigEndian.Uint64(r.b), r.b[8:]
+	}
+	if r.err == nil && len(r.b) > 0 {
+		k.NewestMarker = r.byte()&1 != 0
+		k.NewestReplica = r.string()
 	}
 	if r.err != nil {
 		return keyState{}, fmt.Errorf("key state: %w", r.err)

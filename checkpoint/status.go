@@ -14,7 +14,8 @@ import (
 
 // deltas are counter changes made by one transaction, applied once at its
 // end. Counters: ops by rule and state ("n" rule state), bytes pending by
-// rule ("b" rule), unfinished ops by origin ("o" origin).
+// rule ("b" rule), unfinished ops by origin ("o" origin), late versions
+// written with the newest put back on top, by rule ("l" rule).
 type deltas map[string]int64
 
 func counterKey(kind byte, parts ...string) string {
@@ -58,17 +59,21 @@ func (d deltas) apply(b *bolt.Bucket) error {
 // Status is the state file summarised; `status -json` prints it as is, so
 // its field names are a stable interface.
 type Status struct {
-	Counts           map[engine.State]int64 `json:"counts"`
-	BytesPending     int64                  `json:"bytes_pending"`
-	OldestPending    *time.Time             `json:"oldest_pending,omitempty"`
-	OldestPendingAge float64                `json:"oldest_pending_seconds"`
-	Rules            map[string]RuleStatus  `json:"rules"`
-	Failed           []FailedItem           `json:"failed"`
-	Uploads          int                    `json:"multipart_uploads_in_progress"`
-	BackfillPending  int64                  `json:"backfill_pending"`
-	Backfill         map[string]Cursor      `json:"backfill,omitempty"`
-	GeneratedAt      time.Time              `json:"generated_at"`
-	DaemonRunning    bool                   `json:"daemon_running"`
+	Counts       map[engine.State]int64 `json:"counts"`
+	BytesPending int64                  `json:"bytes_pending"`
+	// LateVersions counts the versions written after a newer one of
+	// their key, each followed by a copy of the newest on top (guarantee
+	// 4): the extra copies replication made.
+	LateVersions     int64                 `json:"late_versions"`
+	OldestPending    *time.Time            `json:"oldest_pending,omitempty"`
+	OldestPendingAge float64               `json:"oldest_pending_seconds"`
+	Rules            map[string]RuleStatus `json:"rules"`
+	Failed           []FailedItem          `json:"failed"`
+	Uploads          int                   `json:"multipart_uploads_in_progress"`
+	BackfillPending  int64                 `json:"backfill_pending"`
+	Backfill         map[string]Cursor     `json:"backfill,omitempty"`
+	GeneratedAt      time.Time             `json:"generated_at"`
+	DaemonRunning    bool                  `json:"daemon_running"`
 	// IntakePaused says the daemon stopped receiving because the state
 	// file's disk is full (daemon only).
 	IntakePaused bool `json:"intake_paused,omitempty"`
@@ -78,6 +83,7 @@ type Status struct {
 type RuleStatus struct {
 	Counts       map[engine.State]int64 `json:"counts"`
 	BytesPending int64                  `json:"bytes_pending"`
+	LateVersions int64                  `json:"late_versions"`
 }
 
 // FailedItem is one failed op with its last error.
@@ -136,6 +142,11 @@ func (s *Store) Status(now time.Time) (*Status, error) {
 				rs.BytesPending += n
 				st.Rules[parts[0]] = rs
 				st.BytesPending += n
+			case k[0] == 'l' && len(parts) == 1:
+				rs := rule(parts[0])
+				rs.LateVersions += n
+				st.Rules[parts[0]] = rs
+				st.LateVersions += n
 			case k[0] == 'o' && len(parts) == 1 && parts[0] == string(engine.OriginBackfill):
 				st.BackfillPending = n
 			}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -72,6 +73,10 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 	if err := checkNotOverwritten(op, obj); err != nil {
 		obj.Body.Close()
 		return "", err
+	}
+	if v, done, err := e.failback(ctx, rule, dest, op, obj); done || err != nil {
+		obj.Body.Close() // its bytes are on the destination already
+		return v, err
 	}
 	if obj.Size > e.cfg.MultipartThreshold {
 		// The event did not tell the size; now we know it is large.
@@ -187,12 +192,83 @@ func replicaMeta(rule *Rule, op *Op, obj *Object) ObjectMeta {
 	if op.Pass != "" {
 		m.Metadata[MetaPass] = op.Pass
 	}
-	if op.VersionID == "" && op.Sequencer != "" {
+	if op.Sequencer != "" {
 		m.Metadata[MetaSourceSequencer] = op.Sequencer
+	}
+	if t := sourceTime(op, obj); !t.IsZero() {
+		m.Metadata[MetaSourceLastModified] = t.UTC().Format(SourceTimeLayout)
 	}
 	m.StorageClass = rule.StorageClass
 	return m
 }
+
+// SourceTimeLayout is how MetaSourceLastModified is written.
+const SourceTimeLayout = "2006-01-02T15:04:05.000Z07:00"
+
+// sourceTime is when the source version was written: its Last-Modified
+// (to the second), unless the event's time is earlier, which a correct
+// store never reports (Last-Modified is when the write began, the event
+// when it ended) but one that dates an older version by the next write
+// does; the event's time is to the millisecond.
+func sourceTime(op *Op, obj *Object) time.Time {
+	t := obj.LastModified
+	if !op.EventTime.IsZero() && (t.IsZero() || op.EventTime.Before(t)) {
+		t = op.EventTime
+	}
+	return t
+}
+
+// failback recognises a source object that `restore` wrote (it names the
+// replica version it came from) and does not copy its bytes again: when
+// that replica is the destination key's current version, it is recorded
+// as this version's replica; otherwise it is made current by a copy inside
+// the destination, as a replica of this version (guarantee 18). done is
+// false when the object is not such a one, or its replica is not there
+// (then it is copied as any other).
+func (e *Engine) failback(ctx context.Context, rule *Rule, dest Destination, op *Op, obj *Object) (string, bool, error) {
+	from := obj.Metadata[MetaRestoredFrom]
+	if from == "" || op.Action != ActionCopy {
+		return "", false, nil
+	}
+	size, etag, _, err := dest.Head(ctx, op.DestBucket, op.DestKey, from)
+	if err != nil {
+		if c, _ := Classify(err); c == Transient {
+			return "", false, fmt.Errorf("look for the replica %s that %s was restored from: %w", from, op, err)
+		}
+		return "", false, nil // not there (another bucket's, or deleted): copy
+	}
+	if size != obj.Size || singlePartETag(etag) && singlePartETag(obj.ETag) && etag != obj.ETag {
+		return "", false, nil // not the same content: copy
+	}
+	cur, ok, err := dest.Current(ctx, op.DestBucket, op.DestKey)
+	if err != nil {
+		return "", false, fmt.Errorf("read the current version of %s/%s: %w", op.DestBucket, op.DestKey, err)
+	}
+	if ok && !cur.DeleteMarker && cur.VersionID == from {
+		e.log.Info("restored object recognised: its replica is the destination's current version", "key", op.Key, "version", op.VersionID, "replica", from)
+		return from, true, nil
+	}
+	cp, isCopier := e.cfg.Destinations[op.Dest].(ServerSideCopier)
+	if !isCopier {
+		return "", false, nil
+	}
+	if err := e.readTags(ctx, op, obj); err != nil {
+		return "", false, err
+	}
+	e.markWrite(op)
+	v, err := cp.Copy(ctx, VersionRef{Bucket: op.DestBucket, Key: op.DestKey, VersionID: from}, op.DestBucket, op.DestKey, replicaMeta(rule, op, obj))
+	if errors.Is(err, ErrCopyUnsupported) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("copy the replica %s of restored %s inside the destination: %w", from, op, err)
+	}
+	e.log.Info("restored object recognised: its replica made current inside the destination", "key", op.Key, "version", op.VersionID, "replica", from, "copy", v)
+	return v, true, nil
+}
+
+// singlePartETag tells an ETag that is the content's MD5.
+func singlePartETag(etag string) bool { return etag != "" && !strings.Contains(etag, "-") }
 
 // PartSizeFor returns the part size for an object: the configured size,
 // grown so that the object fits in S3's 10,000 parts.
@@ -241,6 +317,9 @@ func (e *Engine) copyInStore(ctx context.Context, rule *Rule, dest Destination, 
 	if err != nil {
 		return "", err
 	}
+	if v, done, err := e.failback(ctx, rule, dest, op, head); done || err != nil {
+		return v, err
+	}
 	if head.Size > e.cfg.MultipartThreshold {
 		return e.copyMultipart(ctx, rule, dest, op, cp)
 	}
@@ -285,6 +364,9 @@ func (e *Engine) copyMultipart(ctx context.Context, rule *Rule, dest Destination
 	if head.Size > maxObjectSize {
 		return "", &Error{Class: Permanent, Reason: ReasonInvalid,
 			Err: fmt.Errorf("%s has %d bytes, more than S3's 5 TiB object limit", op, head.Size)}
+	}
+	if v, done, err := e.failback(ctx, rule, dest, op, head); done || err != nil {
+		return v, err
 	}
 	if err := e.readTags(ctx, op, head); err != nil {
 		return "", err

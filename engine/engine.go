@@ -43,6 +43,10 @@ type Config struct {
 	// part per part slot.
 	BufferMemory      int64
 	VisibilityTimeout time.Duration
+	// OrderWindow holds an op from a fresh event until this long after the
+	// event, so that an older version of its key whose event crossed it in
+	// the queue is written first, without a copy on top (0: no hold).
+	OrderWindow time.Duration
 	// DrainTimeout bounds how long copies already running may go on after
 	// the context ends (graceful shutdown); 0 stops them at once.
 	DrainTimeout time.Duration
@@ -654,9 +658,7 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 		e.finish(ctx, op, Skipped, "rule or destination no longer in the configuration")
 		return
 	}
-	// Never regress: a version older than what the key already holds is
-	// not written over it.
-	if op.Sequencer != "" {
+	if op.Sequencer != "" && !op.Late() {
 		last, ok, err := e.cfg.State.LastWritten(ctx, op.DestKeyID())
 		if err != nil {
 			e.retryLater(ctx, op, err, log)
@@ -664,43 +666,55 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 		}
 		if ok && last.Sequencer != "" {
 			switch c := event.CompareSequencer(op.Sequencer, last.Sequencer); {
-			case c < 0:
-				e.finish(ctx, op, Superseded, "a newer version (sequencer "+last.Sequencer+") was already written")
-				return
 			case c == 0 && last.Version == VersionDigest(op.VersionID):
 				e.finish(ctx, op, Completed, "")
+				return
+			case c < 0 && op.VersionID == "":
+				// A null version is replaced in place: the source no
+				// longer has this write's content, only the newer one.
+				e.finish(ctx, op, Superseded, "a newer write of the key (sequencer "+last.Sequencer+") replaced this null version")
+				return
+			case c < 0:
+				// A late version: written all the same, then the newest put
+				// back on top (guarantee 4).
+				if err := e.planOnTop(ctx, dest, op, last, log); err != nil {
+					e.failed(ctx, op, err, log)
+					return
+				}
+			}
+		}
+	}
+	resumed := op.Late() && op.Replica != "" // the late version is written
+	if !resumed {
+		replica, err := e.replicate(ctx, rule, dest, op)
+		if errors.Is(err, errOverwritten) {
+			e.finish(ctx, op, Superseded, err.Error())
+			return
+		}
+		if err != nil {
+			e.failed(ctx, op, err, log)
+			return
+		}
+		op.Replica = replica
+		if op.Late() {
+			// Recorded before the copy on top, so that a crash does not
+			// have the late version looked for, or written, again.
+			if err := e.cfg.State.Save(context.WithoutCancel(ctx), op); err != nil {
+				e.stateFailed(err)
+				e.retryLater(ctx, op, fmt.Errorf("save state: %w", err), log)
 				return
 			}
 		}
 	}
-	replica, err := e.replicate(ctx, rule, dest, op)
-	if errors.Is(err, errOverwritten) {
-		e.finish(ctx, op, Superseded, err.Error())
-		return
-	}
-	if err != nil {
-		if ctx.Err() != nil {
-			// Shutting down: the op stays in flight in the state file and
-			// is reconciled with the destination on the next start.
-			e.sched.Done(op, false)
+	if op.Late() {
+		v, err := e.putOnTop(ctx, dest, op, resumed)
+		if err != nil {
+			e.failed(ctx, op, err, log)
 			return
 		}
-		switch class, reason := Classify(err); class {
-		case Gone:
-			e.m.failed.WithLabelValues(op.Rule, ReasonSourceMissing).Inc()
-			e.finish(ctx, op, Skipped, "source version no longer exists: "+err.Error())
-		case Permanent:
-			e.m.failed.WithLabelValues(op.Rule, reason).Inc()
-			op.LastError = err.Error()
-			log.Error("replication failed permanently; fix the cause, then run `s3replicad retry`", "reason", reason, "err", err)
-			e.finish(ctx, op, Failed, reason)
-		default:
-			e.m.failed.WithLabelValues(op.Rule, reason).Inc()
-			e.retryLater(ctx, op, err, log)
-		}
-		return
+		op.OnTopReplica = v
+		log.Info("late version written, and the newest put back on top", "replica", op.Replica, "on_top", v)
 	}
-	op.Replica = replica
 	e.recovered(op)
 	// The worker goes on to the next op while the state file commits this
 	// one; the key stays taken until then, so its order holds.
@@ -716,6 +730,114 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 		defer func() { <-e.finishers }()
 		e.finish(ctx, op, Completed, "")
 	}()
+}
+
+// failed handles an op's failed attempt by its class: skipped when the
+// source version is gone, failed when permanent, else tried again later.
+func (e *Engine) failed(ctx context.Context, op *Op, err error, log *slog.Logger) {
+	if ctx.Err() != nil {
+		// Shutting down: the op stays in flight in the state file and is
+		// reconciled with the destination on the next start.
+		e.sched.Done(op, false)
+		return
+	}
+	switch class, reason := Classify(err); class {
+	case Gone:
+		e.m.failed.WithLabelValues(op.Rule, ReasonSourceMissing).Inc()
+		e.finish(ctx, op, Skipped, "source version no longer exists: "+err.Error())
+	case Permanent:
+		e.m.failed.WithLabelValues(op.Rule, reason).Inc()
+		op.LastError = err.Error()
+		log.Error("replication failed permanently; fix the cause, then run `s3replicad retry`", "reason", reason, "err", err)
+		e.finish(ctx, op, Failed, reason)
+	default:
+		e.m.failed.WithLabelValues(op.Rule, reason).Inc()
+		e.retryLater(ctx, op, err, log)
+	}
+}
+
+// planOnTop decides, for a late op, what goes back on top of it once it is
+// written: the destination version that holds the newest version written
+// (from the key's state, or, for state recorded by older releases, the
+// destination's current version), and records it before anything is
+// written.
+func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, last KeyState, log *slog.Logger) error {
+	switch {
+	case last.NewestMarker:
+		op.OnTopMarker = true
+	case last.NewestReplica != "":
+		op.OnTop = last.NewestReplica
+	default:
+		cur, ok, err := dest.Current(ctx, op.DestBucket, op.DestKey)
+		if err != nil {
+			return fmt.Errorf("read the current version of %s/%s: %w", op.DestBucket, op.DestKey, err)
+		}
+		if !ok {
+			log.Warn("a newer version of the key was written, but the destination has none now; writing the late version alone")
+			return nil
+		}
+		op.OnTop, op.OnTopMarker = cur.VersionID, cur.DeleteMarker
+		if cur.DeleteMarker {
+			op.OnTop = ""
+		}
+	}
+	op.State = InFlight
+	if err := e.cfg.State.Save(context.WithoutCancel(ctx), op); err != nil {
+		e.stateFailed(err)
+		return fmt.Errorf("save state: %w", err)
+	}
+	return nil
+}
+
+// putOnTop writes the newest version once more on top of a late one: a
+// copy inside the destination, or a new delete marker. look says an
+// earlier attempt may have written it (a crash, a lost answer).
+func (e *Engine) putOnTop(ctx context.Context, dest Destination, op *Op, look bool) (string, error) {
+	after := VersionDigest(op.Replica)
+	since := op.WriteStarted
+	if since.IsZero() {
+		since = op.Recorded
+	}
+	if look {
+		var (
+			v     string
+			found bool
+			err   error
+		)
+		if op.OnTopMarker {
+			v, found, err = dest.FindReplica(ctx, op.DestBucket, op.DestKey, ActionDeleteMarker, ReplicaOf{After: after}, since)
+		} else {
+			// The copy carries the metadata of what it copies.
+			var size int64
+			var meta map[string]string
+			size, _, meta, err = dest.Head(ctx, op.DestBucket, op.DestKey, op.OnTop)
+			if err == nil {
+				of := ReplicaOf{Version: meta[MetaSourceVersion], Pass: meta[MetaPass], After: after, Size: size}
+				if of.Version == "null" {
+					of.Version, of.Sequencer = "", meta[MetaSourceSequencer]
+				}
+				v, found, err = dest.FindReplica(ctx, op.DestBucket, op.DestKey, ActionCopy, of, since)
+			}
+		}
+		if err != nil {
+			return "", fmt.Errorf("look for the copy on top of %s/%s: %w", op.DestBucket, op.DestKey, err)
+		}
+		if found {
+			return v, nil
+		}
+	}
+	if op.OnTopMarker {
+		v, err := dest.PutDeleteMarker(ctx, op.DestBucket, op.DestKey)
+		if err != nil {
+			return "", fmt.Errorf("put the newest (a delete marker) back on top of %s/%s: %w", op.DestBucket, op.DestKey, err)
+		}
+		return v, nil
+	}
+	v, err := dest.CopyVersion(ctx, op.DestBucket, op.DestKey, op.OnTop)
+	if err != nil {
+		return "", fmt.Errorf("copy the newest (%s) back on top of %s/%s: %w", op.OnTop, op.DestBucket, op.DestKey, err)
+	}
+	return v, nil
 }
 
 // finish records a terminal state and releases the op's key.
@@ -739,6 +861,9 @@ func (e *Engine) finish(ctx context.Context, op *Op, s State, reason string) {
 	switch s {
 	case Completed:
 		e.m.done(op, now)
+		if op.Late() {
+			e.m.late.WithLabelValues(op.Rule).Inc()
+		}
 	case Superseded:
 		e.m.superseded.WithLabelValues(op.Rule).Inc()
 		e.log.Info("version superseded, not written", "bucket", op.Bucket, "key", op.Key, "version", op.VersionID, "reason", reason)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -136,6 +137,25 @@ func (m *memStore) FindReplica(_ context.Context, bucket, key string, a engine.A
 	return "", false, nil
 }
 
+func (m *memStore) Current(_ context.Context, bucket, key string) (engine.Version, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	vs := m.versions[bucket+"/"+key]
+	if len(vs) == 0 {
+		return engine.Version{}, false, nil
+	}
+	v := vs[len(vs)-1]
+	return engine.Version{Key: key, VersionID: v.id, Size: int64(len(v.body)), IsLatest: true, DeleteMarker: v.marker, LastModified: v.at}, true, nil
+}
+
+func (m *memStore) CopyVersion(_ context.Context, bucket, key, id string) (string, error) {
+	v, ok := m.find(bucket, key, id)
+	if !ok || v.marker {
+		return "", &engine.Error{Class: engine.Permanent, Reason: engine.ReasonInvalid, Err: errors.New("NoSuchVersion")}
+	}
+	return m.add(bucket, key, memVersion{body: v.body, meta: v.meta}), nil
+}
+
 // frozenState stops persisting anything once frozen: what a kill -9 does.
 type frozenState struct {
 	*checkpoint.Store
@@ -243,7 +263,7 @@ func TestCrashBetweenWriteAndCheckpoint(t *testing.T) {
 
 // Ops of one key run in sequencer order whatever order they arrive in; an
 // older version arriving after a newer one was written is superseded.
-func TestSequencerOrderAndSuperseded(t *testing.T) {
+func TestSequencerOrderAndLateVersions(t *testing.T) {
 	store := openState(t)
 	src, dst := newMem(), newMem()
 	v1 := src.add("src", "k", memVersion{body: []byte("1")})
@@ -254,8 +274,9 @@ func TestSequencerOrderAndSuperseded(t *testing.T) {
 	if len(got) != 2 || string(got[0].body) != "1" || string(got[1].body) != "2" {
 		t.Fatalf("destination history %v, want 1 then 2", got)
 	}
-	// v3 written; then the duplicate of v1 comes again under a new rule id
-	// clone: a late older event must not regress the key.
+	// v3 written; then an older version's event comes late: it is written
+	// all the same (the history misses nothing), and v3 copied back on top
+	// (current stays current).
 	runEngine(t, store, src, dst, []*engine.Op{op("k", v3, "0C")}, func() bool { return dst.puts.Load() == 3 })
 	late := op("k", v1, "0A")
 	late.VersionID = v1 + "-late" // a distinct version with an older sequencer
@@ -264,13 +285,25 @@ func TestSequencerOrderAndSuperseded(t *testing.T) {
 	src.mu.Unlock()
 	runEngine(t, store, src, dst, []*engine.Op{late}, func() bool {
 		o, _ := store.Find(late)
-		return o != nil && o.State == engine.Superseded
+		return o != nil && o.State == engine.Completed
 	})
-	if o, _ := store.Find(late); o.State != engine.Superseded {
-		t.Fatalf("late older version is %s, want superseded", o.State)
+	if o, _ := store.Find(late); o.State != engine.Completed {
+		t.Fatalf("late older version is %s, want completed", o.State)
 	}
-	if n := dst.puts.Load(); n != 3 {
-		t.Fatalf("%d writes, want 3", n)
+	var bodies []string
+	for _, v := range dst.versions["dst/k"] {
+		bodies = append(bodies, string(v.body))
+	}
+	if want := "1 2 3 late 3"; strings.Join(bodies, " ") != want {
+		t.Fatalf("destination history %q, want %q", strings.Join(bodies, " "), want)
+	}
+	st, err := store.Status(time.Now())
+	if err != nil || st.LateVersions != 1 {
+		t.Fatalf("status counts %d late versions (%v), want 1", st.LateVersions, err)
+	}
+	ks, _, _ := store.LastWritten(context.Background(), late.DestKeyID())
+	if cur := dst.versions["dst/k"][4]; ks.NewestReplica != cur.id || ks.LastReplica != engine.VersionDigest(cur.id) {
+		t.Fatalf("key state %+v after the copy on top %s", ks, cur.id)
 	}
 }
 

@@ -156,6 +156,7 @@ func (e *Engine) admit(ops []*Op) {
 		}
 		sp := &e.spill[originClass(op.Origin)]
 		if !sp.on && e.sched.Len() < e.cfg.MaxBacklog {
+			e.hold(op)
 			e.sched.Add(op)
 			sp.through = max(sp.through, op.Seq)
 		} else {
@@ -179,6 +180,7 @@ func (e *Engine) fill(ctx context.Context) {
 		}
 		for _, op := range ops {
 			e.prepare(op)
+			e.hold(op)
 			sp.through = max(sp.through, op.Seq)
 		}
 		e.sched.Add(ops...)
@@ -198,6 +200,23 @@ func (e *Engine) prepare(op *Op) {
 		if op.WriteStarted.IsZero() {
 			op.WriteStarted = time.Unix(0, 0)
 		}
+	}
+}
+
+// hold keeps an op from a fresh event back until OrderWindow after the
+// event: an older version of the key whose event crossed it in the queue
+// then arrives first and is written first, with no copy on top. An event
+// older than that (a backlog) is not held.
+func (e *Engine) hold(op *Op) {
+	if e.cfg.OrderWindow <= 0 || op.Origin != OriginEvent || op.Sequencer == "" || op.EventTime.IsZero() {
+		return
+	}
+	at := op.EventTime.Add(e.cfg.OrderWindow)
+	if limit := op.Recorded.Add(e.cfg.OrderWindow); at.After(limit) {
+		at = limit // an event dated in the future is held no longer
+	}
+	if at.After(op.NextAttempt) && at.After(time.Now()) {
+		op.NextAttempt = at
 	}
 }
 

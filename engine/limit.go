@@ -185,3 +185,11 @@ func (d *limitedCopier) CopyPart(ctx context.Context, src VersionRef, r ByteRang
 	})
 	return etag, err
 }
+
+func (d *limitedDest) CopyVersion(ctx context.Context, bucket, key, versionID string) (v string, err error) {
+	err = d.do(ctx, 0, func() error {
+		v, err = d.Destination.CopyVersion(ctx, bucket, key, versionID)
+		return err
+	})
+	return v, err
+}

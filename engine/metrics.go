@@ -17,6 +17,7 @@ type metrics struct {
 	latency       *prometheus.HistogramVec
 	deletes       *prometheus.CounterVec
 	superseded    *prometheus.CounterVec
+	late          *prometheus.CounterVec
 	skipped       *prometheus.CounterVec
 	sourceBytes   prometheus.Counter
 	inStoreBytes  *prometheus.CounterVec
@@ -70,7 +71,11 @@ func newMetrics(reg prometheus.Registerer, rules Rules, dests []string, oldest f
 		}, []string{"rule"}),
 		superseded: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "s3replicad_superseded_total",
-			Help: "Versions not written because a newer version of the key was already written.",
+			Help: "Versions not written: a null version replaced in place on the source before it was copied.",
+		}, []string{"rule"}),
+		late: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "s3replicad_late_versions_total",
+			Help: "Versions written after a newer version of their key (their event came late), each followed by a copy of the newest on top so that it stays current.",
 		}, []string{"rule"}),
 		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "s3replicad_skipped_total",
@@ -110,7 +115,7 @@ func newMetrics(reg prometheus.Registerer, rules Rules, dests []string, oldest f
 		}, oldest),
 	}
 	reg.MustRegister(m.events, m.replicated, m.bytes, m.pending, m.bytesPending, m.failed, m.latency,
-		m.deletes, m.superseded, m.skipped, m.sourceBytes, m.inStoreBytes, m.concurrency, m.throttled,
+		m.deletes, m.superseded, m.late, m.skipped, m.sourceBytes, m.inStoreBytes, m.concurrency, m.throttled,
 		m.queueErrors, m.oldestPending, m.intakePaused, m.stateErrors)
 	// Every series whose labels are known now starts at zero so that rate()
 	// and absence alerts work before the first event.
@@ -129,6 +134,7 @@ func newMetrics(reg prometheus.Registerer, rules Rules, dests []string, oldest f
 		m.latency.WithLabelValues(r.ID)
 		m.deletes.WithLabelValues(r.ID)
 		m.superseded.WithLabelValues(r.ID)
+		m.late.WithLabelValues(r.ID)
 		m.skipped.WithLabelValues(r.ID)
 		for _, reason := range Reasons {
 			m.failed.WithLabelValues(r.ID, reason)

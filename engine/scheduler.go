@@ -128,8 +128,8 @@ func (s *scheduler) Add(ops ...*Op) {
 		kq.ops[i] = op
 		s.count++
 		kq.lane.held++
-		if i == 0 && kq.waiting && !op.NextAttempt.After(s.now()) {
-			// A new head that needs no wait runs at once.
+		if i == 0 && kq.waiting {
+			// A new head waits for its own time, not the old head's.
 			kq.timer.Stop()
 			kq.waiting = false
 		}

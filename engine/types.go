@@ -89,6 +89,18 @@ type Op struct {
 	Replica      string    `json:"replica_version_id,omitempty"`
 	Finished     time.Time `json:"finished,omitempty"`
 
+	// OnTop is set on a late op, whose version is older than the newest
+	// already written to its key (its event came after a newer one's): it
+	// is written all the same, so that the replica's history misses no
+	// version, and then OnTop, the destination version holding the newest,
+	// is copied once more on top so that it stays current (guarantee 4).
+	// OnTopMarker puts a delete marker on top instead. While such an op is
+	// in flight, Replica set means the late version is written.
+	OnTop       string `json:"on_top,omitempty"`
+	OnTopMarker bool   `json:"on_top_marker,omitempty"`
+	// OnTopReplica is the destination version the copy on top made.
+	OnTopReplica string `json:"on_top_replica,omitempty"`
+
 	// failSide is where the op last failed (sourceSide or its
 	// destination), in memory only: a success there wakes it.
 	failSide string
@@ -124,6 +136,10 @@ func (o *Op) Since() time.Time {
 	return o.Recorded
 }
 
+// Late reports whether op is a late version with something to put back
+// on top of it.
+func (o *Op) Late() bool { return o.OnTop != "" || o.OnTopMarker }
+
 func (o *Op) String() string {
 	v := o.VersionID
 	if v == "" {
@@ -144,6 +160,12 @@ type KeyState struct {
 	// record was lost (a crash, a lost answer) can only be newer than it:
 	// looking for one stops there.
 	LastReplica uint64
+	// NewestReplica is the destination version that holds the newest
+	// source version written (its replica, or a later copy of it on top);
+	// NewestMarker says it is a delete marker. A late version puts it back
+	// on top. Empty when not known (state recorded by older releases).
+	NewestReplica string
+	NewestMarker  bool
 }
 
 // VersionDigest is a 64-bit digest (FNV-1a) of a version id: what the
@@ -261,11 +283,12 @@ type ObjectMeta struct {
 // Object is a source version being read.
 type Object struct {
 	ObjectMeta
-	Size      int64 // whole object size
-	ETag      string
-	TagCount  int
-	VersionID string
-	Body      io.ReadCloser
+	Size         int64 // whole object size
+	ETag         string
+	TagCount     int
+	VersionID    string
+	LastModified time.Time // zero when the store does not say
+	Body         io.ReadCloser
 }
 
 // ByteRange is an inclusive range of bytes.
@@ -323,6 +346,13 @@ type Destination interface {
 	// is the replica described by of (or, for a delete marker, a delete
 	// marker).
 	FindReplica(ctx context.Context, bucket, key string, a Action, of ReplicaOf, since time.Time) (string, bool, error)
+	// Current returns the key's current version (a delete marker
+	// included); false when the key has no version.
+	Current(ctx context.Context, bucket, key string) (Version, bool, error)
+	// CopyVersion writes a copy of one of key's versions on top of it,
+	// inside the store, with its content, headers, metadata and tags, and
+	// returns the new version's id.
+	CopyVersion(ctx context.Context, bucket, key, versionID string) (string, error)
 }
 
 // ReplicaOf is what a replica's metadata says it copies.
@@ -401,10 +431,19 @@ const (
 	// MetaPass marks a deliberate second copy (Op.Pass), so that after a
 	// crash the copy is not mistaken for the first one.
 	MetaPass = "s3replicad-pass"
-	// MetaSourceSequencer is the event's sequencer, on replicas of null
-	// versions: every write of an unversioned key has the version id
-	// "null", and only the sequencer tells them apart.
+	// MetaSourceSequencer is the event's sequencer, on every replica whose
+	// event had one: for null versions it is what tells one write from the
+	// next (every write has the version id "null"); for all, it orders
+	// versions written within the same second.
 	MetaSourceSequencer = "s3replicad-source-sequencer"
+	// MetaSourceLastModified is when the source version was written
+	// (RFC 3339, UTC, to the millisecond when known): with the replica
+	// alone, restore tells which version was current at a given time.
+	MetaSourceLastModified = "s3replicad-source-last-modified"
+	// MetaRestoredFrom is on every object `restore` writes: the replica
+	// version it was restored from. The daemon recognises such objects
+	// when they are replicated back (failback) and does not copy them again.
+	MetaRestoredFrom = "s3replicad-restored-from"
 )
 
 // Class says how an error from a store should be handled.

@@ -88,6 +88,7 @@ func newReplicator(ctx context.Context, cfg *Config, log *slog.Logger, rules []e
 		ServerSideCopy:     cfg.ServerSideCopy(),
 		BandwidthLimit:     map[string]int64{},
 		VisibilityTimeout:  cfg.Queue.VisibilityTimeout.D(),
+		OrderWindow:        cfg.Transfer.OrderWindow.D(),
 		DrainTimeout:       max(cfg.ShutdownTimeout.D()-2*time.Second, cfg.ShutdownTimeout.D()/2),
 		Registerer:         r.reg,
 		Logger:             log.With("component", "engine"),

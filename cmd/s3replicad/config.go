@@ -116,6 +116,10 @@ type TransferConfig struct {
 	// StallTimeout abandons (and retries) a request that has sent and
 	// received nothing for this long.
 	StallTimeout Duration `yaml:"stall_timeout"`
+	// OrderWindow holds a fresh event's copy until this long after the
+	// event, so that an older version of the key whose event crossed it in
+	// the queue is written first rather than late (with a copy on top).
+	OrderWindow Duration `yaml:"order_window"`
 }
 
 // RetentionConfig bounds how long finished operations stay in the state file.
@@ -572,6 +576,10 @@ func (c *Config) applyDefaults() {
 	if c.Transfer.StallTimeout == 0 {
 		c.Transfer.StallTimeout = Duration(s3store.DefaultStallTimeout)
 	}
+	// 0s turns the hold off: default only when not given.
+	if !c.given("transfer.order_window") {
+		c.Transfer.OrderWindow = Duration(time.Second)
+	}
 	if c.Transfer.BufferMemory == 0 {
 		c.Transfer.BufferMemory = Size(c.Transfer.PartConcurrency) * c.Transfer.PartSize
 	}
@@ -753,6 +761,9 @@ func (c *Config) validate() []string {
 	}
 	if st := t.StallTimeout.D(); st < time.Second || st > time.Hour {
 		add("transfer.stall_timeout", "must be between 1s and 1h")
+	}
+	if ow := t.OrderWindow.D(); ow < 0 || ow > time.Minute {
+		add("transfer.order_window", "must be between 0s (no hold) and 1m")
 	}
 	if c.Retention.Finished < Duration(time.Hour) {
 		add("retention.finished", "must be at least 1h")

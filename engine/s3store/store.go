@@ -222,9 +222,10 @@ func (s *Store) Get(ctx context.Context, v engine.VersionRef, r *engine.ByteRang
 		},
 		Size:      aws.ToInt64(out.ContentLength),
 		ETag:      strings.Trim(aws.ToString(out.ETag), `"`),
-		TagCount:  int(aws.ToInt32(out.TagCount)),
-		VersionID: aws.ToString(out.VersionId),
-		Body:      out.Body,
+		TagCount:     int(aws.ToInt32(out.TagCount)),
+		VersionID:    aws.ToString(out.VersionId),
+		LastModified: aws.ToTime(out.LastModified),
+		Body:         out.Body,
 	}
 	if r != nil {
 		total, ok := totalFromContentRange(aws.ToString(out.ContentRange))
@@ -626,6 +627,96 @@ func (s *Store) FindReplica(ctx context.Context, bucket, key string, a engine.Ac
 		}
 		keyMarker, versionMarker = page.NextKeyMarker, page.NextVersionIDMarker
 	}
+}
+
+// Current implements engine.Destination: the first entry of the key's
+// version listing is its current version.
+func (s *Store) Current(ctx context.Context, bucket, key string) (engine.Version, bool, error) {
+	var keyMarker, versionMarker string
+	for {
+		page, err := s.ListVersions(ctx, bucket, key, keyMarker, versionMarker)
+		if err != nil {
+			return engine.Version{}, false, err
+		}
+		for _, v := range page.Versions {
+			if v.Key == key {
+				return v, true, nil
+			}
+			if v.Key > key {
+				return engine.Version{}, false, nil
+			}
+		}
+		if !page.Truncated {
+			return engine.Version{}, false, nil
+		}
+		keyMarker, versionMarker = page.NextKeyMarker, page.NextVersionIDMarker
+	}
+}
+
+// maxCopySize is the largest object CopyObject copies in one request.
+const maxCopySize = 5 << 30
+
+// CopyVersion implements engine.Destination: CopyObject of the version onto
+// its own key, keeping its headers, metadata and tags (COPY directives);
+// beyond CopyObject's 5 GiB, a multipart upload of UploadPartCopy parts
+// with the version's headers, metadata and tags read first.
+func (s *Store) CopyVersion(ctx context.Context, bucket, key, versionID string) (string, error) {
+	src := engine.VersionRef{Bucket: bucket, Key: key, VersionID: versionID}
+	head, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &bucket, Key: &key, VersionId: optional(versionID)})
+	if err != nil {
+		return "", classify(err, onDestination)
+	}
+	if size := aws.ToInt64(head.ContentLength); size > maxCopySize {
+		return s.copyLarge(ctx, src, head)
+	}
+	out, err := s.client.CopyObject(ctx, &s3.CopyObjectInput{
+		Bucket: &bucket, Key: &key, CopySource: copySource(src),
+		MetadataDirective: types.MetadataDirectiveCopy, TaggingDirective: types.TaggingDirectiveCopy,
+		StorageClass: head.StorageClass,
+	})
+	if err != nil {
+		return "", classify(err, onDestination)
+	}
+	return aws.ToString(out.VersionId), nil
+}
+
+// copyLarge copies a version larger than CopyObject takes onto its own key
+// in parts.
+func (s *Store) copyLarge(ctx context.Context, src engine.VersionRef, head *s3.HeadObjectOutput) (string, error) {
+	meta := engine.ObjectMeta{
+		ContentType: aws.ToString(head.ContentType), ContentEncoding: aws.ToString(head.ContentEncoding),
+		ContentDisposition: aws.ToString(head.ContentDisposition), ContentLanguage: aws.ToString(head.ContentLanguage),
+		CacheControl: aws.ToString(head.CacheControl), Expires: aws.ToString(head.ExpiresString),
+		Metadata: head.Metadata, StorageClass: string(head.StorageClass),
+	}
+	if aws.ToInt32(head.TagCount) > 0 {
+		tags, err := s.Tags(ctx, src.Bucket, src.Key, src.VersionID)
+		if err != nil {
+			return "", err
+		}
+		meta.Tags = tags
+	}
+	id, _, err := s.CreateMultipart(ctx, src.Bucket, src.Key, meta, false)
+	if err != nil {
+		return "", err
+	}
+	size := aws.ToInt64(head.ContentLength)
+	partSize := engine.PartSizeFor(size, 512<<20)
+	var parts []engine.Part
+	for n, first := int32(1), int64(0); first < size; n, first = n+1, first+partSize {
+		last := min(first+partSize, size) - 1
+		etag, err := s.CopyPart(ctx, src, engine.ByteRange{First: first, Last: last}, src.Bucket, src.Key, id, n)
+		if err != nil {
+			_ = s.AbortMultipart(context.WithoutCancel(ctx), src.Bucket, src.Key, id)
+			return "", err
+		}
+		parts = append(parts, engine.Part{Number: n, ETag: etag, Size: last - first + 1})
+	}
+	v, err := s.CompleteMultipart(ctx, src.Bucket, src.Key, id, parts)
+	if err != nil {
+		_ = s.AbortMultipart(context.WithoutCancel(ctx), src.Bucket, src.Key, id)
+	}
+	return v, err
 }
 
 // Versioning returns the bucket's versioning status ("Enabled",
