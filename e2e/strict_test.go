@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -15,7 +14,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/s3replicad/s3replicad/checkpoint"
-	"github.com/s3replicad/s3replicad/engine"
 	"github.com/s3replicad/s3replicad/internal/testenv"
 )
 
@@ -109,19 +107,25 @@ type missingVersion struct {
 // replicaProblems compares the destination with the source for keys, as
 // strictly as the contract asks, and lists what is wrong (nothing when the
 // destination is an exact replica):
-//   - exactly one destination version per source version, carrying its id;
-//   - identical bytes;
+//   - every source version has a replica carrying its id, with identical
+//     bytes (complete history: guarantee 4);
 //   - each key's current destination version is the source's current one;
-//   - one destination delete marker per source delete marker (the rules of
-//     these tests replicate them) and the marker current where it is on
-//     the source.
+//   - a destination delete marker per source delete marker (the rules of
+//     these tests replicate them), the marker current where it is on the
+//     source;
+//   - no destination version that replicates nothing the source has.
 //
-// Versions with no replica at all are returned apart: guarantee 4 lets an
-// older version whose event came after a newer one was written be
-// superseded, which the caller checks in the state file.
-func replicaProblems(w *world, keys []string) ([]string, []missingVersion) {
+// It also returns the extra copies: replicas beyond the first of a source
+// version, and delete markers beyond the source's. Guarantees 3 and 4
+// allow one per late version (the newest put back on top of it), which
+// the caller compares with the daemon's count of late versions: the
+// listing cannot tell where a delete marker sits among the versions.
+// Versions with no replica at all are returned apart, for the caller to
+// report (null versions replaced in place may be superseded).
+func replicaProblems(w *world, keys []string) ([]string, []missingVersion, int) {
 	var problems []string
 	var missing []missingVersion
+	extra := 0
 	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 	for _, key := range keys {
 		src, err := listVersions(w, w.src, w.srcBucket, key)
@@ -135,9 +139,9 @@ func replicaProblems(w *world, keys []string) ([]string, []missingVersion) {
 			continue
 		}
 		replicas := map[string][]string{} // source version -> destination versions
-		dstMarkers := 0
 		var dstCurrent *listed
 		var dstCurrentSource string
+		dstMarkers := 0
 		for i, v := range dst {
 			if v.latest {
 				dstCurrent = &dst[i]
@@ -160,31 +164,26 @@ func replicaProblems(w *world, keys []string) ([]string, []missingVersion) {
 				dstCurrentSource = sv
 			}
 		}
-		var srcMarkers []listed
+		srcMarkers := 0
 		for _, v := range src {
 			if v.marker {
-				srcMarkers = append(srcMarkers, v)
+				srcMarkers++
 				if v.latest && (dstCurrent == nil || !dstCurrent.marker) {
 					bad("%s: deleted on the source (marker %s current) but not on the destination", key, v.id)
 				}
 				continue
 			}
-			id := v.id
-			if id == "" {
-				id = "null"
-			}
+			id := nullName(v.id)
 			got := replicas[id]
-			switch {
-			case len(got) == 0:
+			if len(got) == 0 {
 				if v.latest {
 					bad("%s: the current source version %s has no replica", key, id)
 				} else {
 					missing = append(missing, missingVersion{key: key, version: v.id})
 				}
 				continue
-			case len(got) > 1:
-				bad("%s: source version %s has %d replicas: %v", key, id, len(got), got)
 			}
+			extra += len(got) - 1
 			sd, err1 := digest(w, w.src, w.srcBucket, key, id)
 			dd, err2 := digest(w, w.dst, w.dstBucket, key, got[0])
 			if err1 != nil || err2 != nil {
@@ -200,18 +199,20 @@ func replicaProblems(w *world, keys []string) ([]string, []missingVersion) {
 		for sv, ids := range replicas {
 			bad("%s: destination versions %v replicate %s, which the source does not have", key, ids, sv)
 		}
-		switch {
-		case dstMarkers > len(srcMarkers):
-			bad("%s: %d delete markers on the destination, %d on the source", key, dstMarkers, len(srcMarkers))
-		case dstMarkers < len(srcMarkers):
-			// Which marker went unreplicated cannot be read off the
-			// destination: the state file tells (see checkSuperseded).
-			for _, m := range srcMarkers[:len(srcMarkers)-dstMarkers] {
-				missing = append(missing, missingVersion{key: key, version: m.id, marker: true})
-			}
+		if dstMarkers < srcMarkers {
+			missing = append(missing, missingVersion{key: key, version: fmt.Sprintf("(%d of %d delete markers)", srcMarkers-dstMarkers, srcMarkers), marker: true})
+		} else {
+			extra += dstMarkers - srcMarkers
 		}
 	}
-	return problems, missing
+	return problems, missing, extra
+}
+
+func nullName(v string) string {
+	if v == "" {
+		return "null"
+	}
+	return v
 }
 
 // statusCounts runs `status -json` and returns its counts.
@@ -235,7 +236,7 @@ func (w *world) statusCounts() (map[string]int64, error) {
 // wrong when within does not suffice.
 func (w *world) waitExact(keys []string, within time.Duration) time.Duration {
 	w.t.Helper()
-	took, missing := w.waitReplica(keys, within)
+	took, missing, _ := w.waitReplica(keys, within)
 	if len(missing) > 0 {
 		w.t.Fatalf("%d source versions have no replica, e.g. %s@%s", len(missing), missing[0].key, missing[0].version)
 	}
@@ -244,13 +245,14 @@ func (w *world) waitExact(keys []string, within time.Duration) time.Duration {
 
 // waitReplica is waitExact that lets source versions without a replica
 // through, for the caller to check that each was superseded.
-func (w *world) waitReplica(keys []string, within time.Duration) (time.Duration, []missingVersion) {
+func (w *world) waitReplica(keys []string, within time.Duration) (time.Duration, []missingVersion, int) {
 	w.t.Helper()
 	start := time.Now()
 	var last []string
 	for time.Since(start) < within {
 		var missing []missingVersion
-		last, missing = replicaProblems(w, keys)
+		var extra int
+		last, missing, extra = replicaProblems(w, keys)
 		if len(last) == 0 {
 			counts, err := w.statusCounts()
 			switch {
@@ -265,64 +267,19 @@ func (w *world) waitReplica(keys []string, within time.Duration) (time.Duration,
 				// after the visibility timeout.
 				last = []string{fmt.Sprintf("%d messages still in the queue", w.queueDepth())}
 			default:
-				return time.Since(start), missing
+				if late := w.lateVersions(); int64(extra) > late {
+					w.t.Fatalf("%d extra copies on the destination, but only %d late versions that each allow one on top", extra, late)
+				}
+				return time.Since(start), missing, extra
 			}
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
 	slices.Sort(last)
 	w.t.Fatalf("not an exact replica %v after the fault ended:\n  %s", within, strings.Join(last, "\n  "))
-	return 0, nil
+	return 0, nil, 0
 }
 
-// checkSuperseded opens the state file (the daemon stopped) and requires
-// every version in missing to have been recorded as superseded: an older
-// version whose event came after a newer one was written (guarantee 4).
-// Delete markers are counted per key.
-func (w *world) checkSuperseded(missing []missingVersion) {
-	w.t.Helper()
-	st, err := checkpoint.Open(filepath.Join(w.dir, "state"), checkpoint.Options{ReadOnly: true})
-	must(w.t, err)
-	defer st.Close()
-	markers := map[string]int{}
-	for _, m := range missing {
-		if m.marker {
-			markers[m.key]++
-			continue
-		}
-		ops, err := st.OpsOf("all", w.srcBucket, m.key, m.version)
-		must(w.t, err)
-		if len(ops) != 1 || ops[0].State != engine.Superseded {
-			w.t.Errorf("%s@%s has no replica and was not superseded: %v", m.key, m.version, ops)
-		}
-	}
-	for key, n := range markers {
-		src, err := listVersions(w, w.src, w.srcBucket, key)
-		must(w.t, err)
-		superseded := 0
-		for _, v := range src {
-			if !v.marker {
-				continue
-			}
-			ops, err := st.OpsOf("all", w.srcBucket, key, v.id)
-			must(w.t, err)
-			if len(ops) != 1 {
-				continue
-			}
-			// versitygw, unlike S3, makes no marker when the key has no
-			// version on the destination (an earlier version superseded):
-			// the delete then returns no version id, and the key is absent
-			// there as it is on the source.
-			if ops[0].State == engine.Superseded || ops[0].State == engine.Completed && ops[0].Replica == "" {
-				superseded++
-			}
-		}
-		if superseded != n {
-			w.t.Errorf("%s: %d delete markers have no replica, %d were superseded", key, n, superseded)
-			w.dumpKey(st, key)
-		}
-	}
-}
 
 // dumpKey logs a key's versions on both sides and its ops, for a failure.
 func (w *world) dumpKey(st *checkpoint.Store, key string) {
@@ -339,4 +296,33 @@ func (w *world) dumpKey(st *checkpoint.Store, key string) {
 	for _, v := range dst {
 		w.t.Logf("destination %s marker=%v latest=%v %s", v.id, v.marker, v.latest, v.modified.Format("15:04:05.000"))
 	}
+}
+
+// describeKey renders a key's versions on both sides, newest first (delete
+// markers listed after the versions, as S3 lists them), for a failure
+// message.
+func (w *world) describeKey(key string) string {
+	var b strings.Builder
+	for _, side := range []struct {
+		name   string
+		c      *s3.Client
+		bucket string
+	}{{"source", w.src, w.srcBucket}, {"destination", w.dst, w.dstBucket}} {
+		vs, err := listVersions(w, side.c, side.bucket, key)
+		fmt.Fprintf(&b, "\n    %s %s (err %v):", side.name, key, err)
+		for _, v := range vs {
+			kind := "version"
+			if v.marker {
+				kind = "marker "
+			}
+			src := ""
+			if !v.marker && side.name == "destination" {
+				if head, err := side.c.HeadObject(w.ctx, &s3.HeadObjectInput{Bucket: &side.bucket, Key: &key, VersionId: &v.id}); err == nil {
+					src = " replicates " + head.Metadata["s3replicad-source-version-id"]
+				}
+			}
+			fmt.Fprintf(&b, "\n      %s %s latest=%v %s%s", kind, v.id, v.latest, v.modified.Format("15:04:05.000"), src)
+		}
+	}
+	return b.String()
 }

@@ -763,6 +763,8 @@ func (e *Engine) failed(ctx context.Context, op *Op, err error, log *slog.Logger
 // written.
 func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, last KeyState, log *slog.Logger) error {
 	switch {
+	case last.NewestMarker && op.Action == ActionDeleteMarker:
+		return nil // a late delete marker over a deleted key leaves it deleted
 	case last.NewestMarker:
 		op.OnTopMarker = true
 	case last.NewestReplica != "":
@@ -774,6 +776,9 @@ func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, last K
 		}
 		if !ok {
 			log.Warn("a newer version of the key was written, but the destination has none now; writing the late version alone")
+			return nil
+		}
+		if cur.DeleteMarker && op.Action == ActionDeleteMarker {
 			return nil
 		}
 		op.OnTop, op.OnTopMarker = cur.VersionID, cur.DeleteMarker
