@@ -280,7 +280,6 @@ func (w *world) waitReplica(keys []string, within time.Duration) (time.Duration,
 	return 0, nil, 0
 }
 
-
 // dumpKey logs a key's versions on both sides and its ops, for a failure.
 func (w *world) dumpKey(st *checkpoint.Store, key string) {
 	src, _ := listVersions(w, w.src, w.srcBucket, key)
