@@ -25,6 +25,7 @@ type memStore struct {
 	seq      int
 	afterPut func() // called after a successful write
 	puts     atomic.Int32
+	copies   atomic.Int32 // Copy calls (inside the store)
 }
 
 type memVersion struct {
@@ -154,6 +155,20 @@ func (m *memStore) CopyVersion(_ context.Context, bucket, key, id string) (strin
 		return "", &engine.Error{Class: engine.Permanent, Reason: engine.ReasonInvalid, Err: errors.New("NoSuchVersion")}
 	}
 	return m.add(bucket, key, memVersion{body: v.body, meta: v.meta}), nil
+}
+
+// Copy copies a version inside the store (failback uses it).
+func (m *memStore) Copy(_ context.Context, src engine.VersionRef, bucket, key string, meta engine.ObjectMeta) (string, error) {
+	v, ok := m.find(src.Bucket, src.Key, src.VersionID)
+	if !ok || v.marker {
+		return "", &engine.Error{Class: engine.Gone, Reason: engine.ReasonSourceMissing, Err: errors.New("NoSuchVersion")}
+	}
+	m.copies.Add(1)
+	return m.add(bucket, key, memVersion{body: v.body, meta: meta}), nil
+}
+
+func (m *memStore) CopyPart(context.Context, engine.VersionRef, engine.ByteRange, string, string, string, int32) (string, error) {
+	return "", errors.New("not used")
 }
 
 // frozenState stops persisting anything once frozen: what a kill -9 does.

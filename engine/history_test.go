@@ -1,0 +1,182 @@
+package engine_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/s3replicad/s3replicad/engine"
+)
+
+// bodies renders a destination key's history, oldest first; a delete
+// marker is "-".
+func bodies(m *memStore, key string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for _, v := range m.versions["dst/"+key] {
+		if v.marker {
+			out = append(out, "-")
+		} else {
+			out = append(out, string(v.body))
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+func markerOp(key, version, seq string) *engine.Op {
+	o := op(key, version, seq)
+	o.Action = engine.ActionDeleteMarker
+	return o
+}
+
+func waitState(store interface {
+	Find(*engine.Op) (*engine.Op, error)
+}, o *engine.Op, s engine.State) func() bool {
+	return func() bool {
+		got, _ := store.Find(o)
+		return got != nil && got.State == s
+	}
+}
+
+// The newest written is a delete marker: a late version is written, then a
+// delete marker on top, so that the key stays deleted. A late delete
+// marker over a deleted key needs nothing on top.
+func TestLateVersionUnderADeleteMarker(t *testing.T) {
+	store := openState(t)
+	src, dst := newMem(), newMem()
+	v1 := src.add("src", "k", memVersion{body: []byte("1")})
+	v2 := src.add("src", "k", memVersion{body: []byte("2")})
+	dm := src.add("src", "k", memVersion{marker: true})
+	runEngine(t, store, src, dst, []*engine.Op{op("k", v1, "01"), markerOp("k", dm, "03")}, waitState(store, markerOp("k", dm, ""), engine.Completed))
+	late := op("k", v2, "02")
+	runEngine(t, store, src, dst, []*engine.Op{late}, waitState(store, late, engine.Completed))
+	if got, want := bodies(dst, "k"), "1 - 2 -"; got != want {
+		t.Fatalf("destination history %q, want %q", got, want)
+	}
+	dm0 := src.add("src", "k", memVersion{marker: true}) // an older marker's event, later still
+	lateMarker := markerOp("k", dm0, "025")
+	runEngine(t, store, src, dst, []*engine.Op{lateMarker}, waitState(store, lateMarker, engine.Completed))
+	if got, want := bodies(dst, "k"), "1 - 2 - -"; got != want {
+		t.Fatalf("destination history %q, want %q", got, want)
+	}
+}
+
+// The daemon dies after the late version is written, and again after the
+// copy on top is written: each restart finds what was written, and the
+// destination holds the late version once and one copy on top.
+func TestCrashesAroundTheCopyOnTop(t *testing.T) {
+	store := openState(t)
+	st := &frozenState{Store: store}
+	src, dst := newMem(), newMem()
+	v1 := src.add("src", "k", memVersion{body: []byte("1")})
+	v2 := src.add("src", "k", memVersion{body: []byte("2")})
+	runEngine(t, st, src, dst, []*engine.Op{op("k", v2, "02")}, func() bool { return dst.puts.Load() == 1 })
+
+	// Crash right after the late version's write (before its state is saved).
+	late := op("k", v1, "01")
+	dst.afterPut = func() { st.frozen.Store(true) }
+	runEngine(t, st, src, dst, []*engine.Op{late}, func() bool { return dst.puts.Load() == 2 })
+	st.frozen.Store(false)
+	dst.afterPut = nil
+	runEngine(t, st, src, dst, nil, waitState(store, late, engine.Completed))
+	if got, want := bodies(dst, "k"), "2 1 2"; got != want {
+		t.Fatalf("after a crash following the late write: destination history %q, want %q", got, want)
+	}
+
+	// Crash right after the copy on top (the late write's state saved).
+	v0 := src.add("src", "k", memVersion{body: []byte("0")})
+	late0 := op("k", v0, "005")
+	n := 0
+	dst.afterPut = func() {
+		if n++; n == 2 {
+			st.frozen.Store(true)
+		}
+	}
+	runEngine(t, st, src, dst, []*engine.Op{late0}, func() bool { return n == 2 })
+	st.frozen.Store(false)
+	dst.afterPut = nil
+	runEngine(t, st, src, dst, nil, waitState(store, late0, engine.Completed))
+	if got, want := bodies(dst, "k"), "2 1 2 0 2"; got != want {
+		t.Fatalf("after a crash following the copy on top: destination history %q, want %q", got, want)
+	}
+}
+
+// Events that cross within the order window are sorted before anything is
+// written: the older version first, no copy on top.
+func TestOrderWindowSortsCrossedEvents(t *testing.T) {
+	store := openState(t)
+	src, dst := newMem(), newMem()
+	v1 := src.add("src", "k", memVersion{body: []byte("1")})
+	v2 := src.add("src", "k", memVersion{body: []byte("2")})
+	e, err := engine.New(engine.Config{
+		Rules:  []engine.Rule{{ID: "r", Enabled: true, SourceBucket: "src", Destination: "d", DestinationBucket: "dst"}},
+		Source: src, Destinations: map[string]engine.Destination{"d": dst},
+		State: store, Workers: 2, OrderWindow: 500 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	newer, older := op("k", v2, "02"), op("k", v1, "01")
+	newer.Origin, older.Origin = engine.OriginEvent, engine.OriginEvent
+	newer.EventTime, older.EventTime = time.Now(), time.Now()
+	// Submit records as backfill does; the window applies to live events,
+	// which is what these are.
+	if _, err := e.Submit(ctx, []*engine.Op{newer}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if _, err := e.Submit(ctx, []*engine.Op{older}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for dst.puts.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got, want := bodies(dst, "k"), "1 2"; got != want {
+		t.Fatalf("destination history %q, want %q (sorted, nothing late)", got, want)
+	}
+}
+
+// A source object that `restore` wrote names the replica it came from:
+// when that replica is the destination's current version, it is recorded
+// as the new version's replica with no write; otherwise it is made current
+// by a copy inside the destination. Its bytes are never read again.
+func TestFailbackDoesNotCopyRestoredObjects(t *testing.T) {
+	store := openState(t)
+	src, dst := newMem(), newMem()
+	x := dst.add("dst", "k", memVersion{body: []byte("good"), meta: engine.ObjectMeta{Metadata: map[string]string{engine.MetaSourceVersion: "v-old"}}})
+	restored := src.add("src", "k", memVersion{body: []byte("good"), meta: engine.ObjectMeta{Metadata: map[string]string{engine.MetaRestoredFrom: x, "owner": "me"}}})
+	o := op("k", restored, "05")
+	runEngine(t, store, src, dst, []*engine.Op{o}, waitState(store, o, engine.Completed))
+	got, _ := store.Find(o)
+	if dst.puts.Load() != 1 || got.Replica != x {
+		t.Fatalf("restored object over its current replica: %d writes (want the 1 of the setup), replica %q (want %q)", dst.puts.Load(), got.Replica, x)
+	}
+
+	// Now the replica is no longer current: a copy inside the destination.
+	dst.add("dst", "k", memVersion{body: []byte("encrypted"), meta: engine.ObjectMeta{Metadata: map[string]string{engine.MetaSourceVersion: "v-bad"}}})
+	again := src.add("src", "k", memVersion{body: []byte("good"), meta: engine.ObjectMeta{Metadata: map[string]string{engine.MetaRestoredFrom: x, "owner": "me"}}})
+	o2 := op("k", again, "07")
+	runEngine(t, store, src, dst, []*engine.Op{o2}, waitState(store, o2, engine.Completed))
+	if dst.copies.Load() != 1 {
+		t.Fatalf("%d copies inside the destination, want 1", dst.copies.Load())
+	}
+	if got, want := bodies(dst, "k"), "good encrypted good"; got != want {
+		t.Fatalf("destination history %q, want %q", got, want)
+	}
+	cur, _, _ := dst.Current(context.Background(), "dst", "k")
+	_, _, meta, _ := dst.Head(context.Background(), "dst", "k", cur.VersionID)
+	if meta[engine.MetaSourceVersion] != again || meta["owner"] != "me" {
+		t.Fatalf("the copy's metadata %v: want a replica of %s with the user metadata", meta, again)
+	}
+}
