@@ -400,7 +400,6 @@ func (x *tx) advanceKey(op *engine.Op) error {
 	case op.Late():
 		if op.OnTopReplica != "" {
 			next.LastReplica = engine.VersionDigest(op.OnTopReplica)
-			next.NewestReplica = op.OnTopReplica
 		} else if op.Replica != "" {
 			next.LastReplica = engine.VersionDigest(op.Replica)
 		}
@@ -413,7 +412,6 @@ func (x *tx) advanceKey(op *engine.Op) error {
 		if (op.Sequencer != "" || last.Sequencer == "") &&
 			(last.Sequencer == "" || event.CompareSequencer(op.Sequencer, last.Sequencer) >= 0) {
 			next.Sequencer, next.Version, next.Seq = op.Sequencer, engine.VersionDigest(op.VersionID), op.Seq
-			next.NewestReplica, next.NewestMarker = op.Replica, op.Action == engine.ActionDeleteMarker
 		}
 	}
 	return x.keys.Put(k, encodeKeyState(next))

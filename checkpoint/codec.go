@@ -290,16 +290,7 @@ func encodeKeyState(k keyState) []byte {
 	b := appendHex(nil, k.Sequencer)
 	b = binary.BigEndian.AppendUint64(b, k.Version)
 	b = binary.AppendUvarint(b, k.Seq)
-	b = binary.BigEndian.AppendUint64(b, k.LastReplica)
-	if k.NewestReplica != "" || k.NewestMarker {
-		var flags byte
-		if k.NewestMarker {
-			flags |= 1
-		}
-		b = append(b, flags)
-		b = appendString(b, k.NewestReplica)
-	}
-	return b
+	return binary.BigEndian.AppendUint64(b, k.LastReplica)
 }
 
 func decodeKeyState(b []byte) (keyState, error) {
@@ -312,11 +303,7 @@ func decodeKeyState(b []byte) (keyState, error) {
 	}
 	k.Seq = r.uvarint()
 	if len(r.b) >= 8 {
-		k.LastReplica, r.b = binary.BigEndian.Uint64(r.b), r.b[8:]
-	}
-	if r.err == nil && len(r.b) > 0 {
-		k.NewestMarker = r.byte()&1 != 0
-		k.NewestReplica = r.string()
+		k.LastReplica = binary.BigEndian.Uint64(r.b)
 	}
 	if r.err != nil {
 		return keyState{}, fmt.Errorf("key state: %w", r.err)

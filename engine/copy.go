@@ -32,6 +32,7 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 		// A write may have landed before a crash or a lost response: look
 		// for it rather than writing a second replica.
 		of := op.ReplicaOf()
+		of.Restored = rule.Restore
 		last, _, err := e.cfg.State.LastWritten(ctx, op.DestKeyID())
 		if err != nil {
 			return "", fmt.Errorf("look for an earlier replica of %s: %w", op, err)
@@ -181,6 +182,13 @@ func replicaMeta(rule *Rule, op *Op, obj *Object) ObjectMeta {
 	if m.Metadata == nil {
 		m.Metadata = map[string]string{}
 	}
+	if rule.Restore {
+		// The original's metadata, and where it was restored from.
+		maps.DeleteFunc(m.Metadata, func(k, _ string) bool { return strings.HasPrefix(strings.ToLower(k), MetaPrefix) })
+		m.Metadata[MetaRestoredFrom] = op.VersionID
+		m.StorageClass = rule.StorageClass
+		return m
+	}
 	v := op.VersionID
 	if v == "" {
 		v = "null"
@@ -227,7 +235,7 @@ func sourceTime(op *Op, obj *Object) time.Time {
 // (then it is copied as any other).
 func (e *Engine) failback(ctx context.Context, rule *Rule, dest Destination, op *Op, obj *Object) (string, bool, error) {
 	from := obj.Metadata[MetaRestoredFrom]
-	if from == "" || op.Action != ActionCopy {
+	if from == "" || op.Action != ActionCopy || rule.Restore {
 		return "", false, nil
 	}
 	size, etag, _, err := dest.Head(ctx, op.DestBucket, op.DestKey, from)

@@ -677,7 +677,7 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 			case c < 0:
 				// A late version: written all the same, then the newest put
 				// back on top (guarantee 4).
-				if err := e.planOnTop(ctx, dest, op, last, log); err != nil {
+				if err := e.planOnTop(ctx, dest, op, log); err != nil {
 					e.failed(ctx, op, err, log)
 					return
 				}
@@ -757,34 +757,25 @@ func (e *Engine) failed(ctx context.Context, op *Op, err error, log *slog.Logger
 }
 
 // planOnTop decides, for a late op, what goes back on top of it once it is
-// written: the destination version that holds the newest version written
-// (from the key's state, or, for state recorded by older releases, the
-// destination's current version), and records it before anything is
-// written.
-func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, last KeyState, log *slog.Logger) error {
+// written: the destination key's current version, which holds the newest
+// version written (by an event, a backfill or a failback), and records it
+// before anything is written, since the late write changes what is
+// current.
+func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, log *slog.Logger) error {
+	cur, ok, err := dest.Current(ctx, op.DestBucket, op.DestKey)
+	if err != nil {
+		return fmt.Errorf("read the current version of %s/%s: %w", op.DestBucket, op.DestKey, err)
+	}
 	switch {
-	case last.NewestMarker && op.Action == ActionDeleteMarker:
+	case !ok:
+		log.Warn("a newer version of the key was written, but the destination has none now; writing the late version alone")
+		return nil
+	case cur.DeleteMarker && op.Action == ActionDeleteMarker:
 		return nil // a late delete marker over a deleted key leaves it deleted
-	case last.NewestMarker:
+	case cur.DeleteMarker:
 		op.OnTopMarker = true
-	case last.NewestReplica != "":
-		op.OnTop = last.NewestReplica
 	default:
-		cur, ok, err := dest.Current(ctx, op.DestBucket, op.DestKey)
-		if err != nil {
-			return fmt.Errorf("read the current version of %s/%s: %w", op.DestBucket, op.DestKey, err)
-		}
-		if !ok {
-			log.Warn("a newer version of the key was written, but the destination has none now; writing the late version alone")
-			return nil
-		}
-		if cur.DeleteMarker && op.Action == ActionDeleteMarker {
-			return nil
-		}
-		op.OnTop, op.OnTopMarker = cur.VersionID, cur.DeleteMarker
-		if cur.DeleteMarker {
-			op.OnTop = ""
-		}
+		op.OnTop = cur.VersionID
 	}
 	op.State = InFlight
 	if err := e.cfg.State.Save(context.WithoutCancel(ctx), op); err != nil {

@@ -18,6 +18,10 @@ type Rule struct {
 	DestinationPrefix      string
 	StorageClass           string
 	ReplicateDeleteMarkers bool
+	// Restore marks the rule of a `restore`: it copies replica versions
+	// back, writing their user metadata without the replicator's own
+	// (s3replicad-*) and naming the replica they came from instead.
+	Restore bool
 }
 
 // DestKey is the key a source key is written to.

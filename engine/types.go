@@ -160,12 +160,6 @@ type KeyState struct {
 	// record was lost (a crash, a lost answer) can only be newer than it:
 	// looking for one stops there.
 	LastReplica uint64
-	// NewestReplica is the destination version that holds the newest
-	// source version written (its replica, or a later copy of it on top);
-	// NewestMarker says it is a delete marker. A late version puts it back
-	// on top. Empty when not known (state recorded by older releases).
-	NewestReplica string
-	NewestMarker  bool
 }
 
 // VersionDigest is a 64-bit digest (FNV-1a) of a version id: what the
@@ -369,6 +363,9 @@ type ReplicaOf struct {
 	// only versions of that size are worth reading the metadata of. (ETags
 	// would narrow it further but are not MD5s under SSE-KMS.)
 	Size int64
+	// Restored says the copy is a restore's: it names Version as the
+	// replica it was restored from.
+	Restored bool
 }
 
 // Candidate reports whether a listed destination version can be this
@@ -378,6 +375,9 @@ func (r ReplicaOf) Candidate(v Version) bool { return r.Size <= 0 || v.Size == r
 // Matches reports whether a version's user metadata marks it as this
 // replica.
 func (r ReplicaOf) Matches(meta map[string]string) bool {
+	if r.Restored {
+		return meta[MetaRestoredFrom] == r.Version
+	}
 	v := r.Version
 	if v == "" {
 		v = "null"
@@ -426,6 +426,8 @@ type ObjectStore interface {
 // Metadata keys the replicator adds to every replica. The contract allows
 // extra user metadata whose keys start with "s3replicad-".
 const (
+	// MetaPrefix starts every key the replicator adds.
+	MetaPrefix        = "s3replicad-"
 	MetaSourceVersion = "s3replicad-source-version-id"
 	MetaSourceETag    = "s3replicad-source-etag"
 	// MetaPass marks a deliberate second copy (Op.Pass), so that after a
