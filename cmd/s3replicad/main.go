@@ -68,6 +68,7 @@ commands:
   verify         compare source and destination; exit 1 when anything differs
   status         show the backlog, failures and backfill progress
   retry          put failed operations back to pending
+  restore        write a rule's replica as of a time back into a bucket
   check-config   validate the configuration and check credentials, queue and buckets
   policy         print the IAM policy the source side needs
   version        print version information
@@ -86,6 +87,7 @@ func commands() map[string]command {
 		"verify":       cmdVerify,
 		"status":       cmdStatus,
 		"retry":        cmdRetry,
+		"restore":      cmdRestore,
 		"check-config": cmdCheckConfig,
 		"policy":       cmdPolicy,
 		"version":      cmdVersion,

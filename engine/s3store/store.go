@@ -719,6 +719,38 @@ func (s *Store) copyLarge(ctx context.Context, src engine.VersionRef, head *s3.H
 	return v, err
 }
 
+// EnsureBucket creates bucket, with versioning enabled, when it does not
+// exist, and reports whether it did.
+func (s *Store) EnsureBucket(ctx context.Context, bucket string) (bool, error) {
+	if _, err := s.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: &bucket}); err == nil {
+		return false, nil
+	} else if statusOf(err) != http.StatusNotFound && !isCode(err, "NotFound") && !isCode(err, "NoSuchBucket") {
+		return false, classify(err, onDestination)
+	}
+	in := &s3.CreateBucketInput{Bucket: &bucket}
+	if s.region != "" && s.region != "us-east-1" {
+		in.CreateBucketConfiguration = &types.CreateBucketConfiguration{LocationConstraint: types.BucketLocationConstraint(s.region)}
+	}
+	if _, err := s.client.CreateBucket(ctx, in); err != nil {
+		return false, fmt.Errorf("create bucket %s: %w", bucket, classify(err, onDestination))
+	}
+	_, err := s.client.PutBucketVersioning(ctx, &s3.PutBucketVersioningInput{Bucket: &bucket,
+		VersioningConfiguration: &types.VersioningConfiguration{Status: types.BucketVersioningStatusEnabled}})
+	if err != nil {
+		return true, fmt.Errorf("enable versioning on the new bucket %s: %w", bucket, classify(err, onDestination))
+	}
+	return true, nil
+}
+
+// Empty reports whether a bucket holds no version and no delete marker.
+func (s *Store) Empty(ctx context.Context, bucket string) (bool, error) {
+	out, err := s.client.ListObjectVersions(ctx, &s3.ListObjectVersionsInput{Bucket: &bucket, MaxKeys: aws.Int32(1)})
+	if err != nil {
+		return false, classify(err, onDestination)
+	}
+	return len(out.Versions) == 0 && len(out.DeleteMarkers) == 0, nil
+}
+
 // Versioning returns the bucket's versioning status ("Enabled",
 // "Suspended" or "" for never enabled).
 func (s *Store) Versioning(ctx context.Context, bucket string) (string, error) {
