@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/s3replicad/s3replicad/internal/retry"
 )
 
 // S3's multipart limits.
@@ -550,6 +552,8 @@ func (e *Engine) uploadParts(ctx context.Context, dest Destination, cp ServerSid
 // dropped connection costs one part, not every part in flight.
 const partAttempts = 3
 
+var partRetry = retry.Policy{Min: 200 * time.Millisecond, Max: 2 * time.Second, Attempts: partAttempts}
+
 func (e *Engine) sendPartRetrying(ctx context.Context, dest Destination, cp ServerSideCopier, op *Op, up *Upload, n int32, r ByteRange) (Part, error) {
 	for attempt := 1; ; attempt++ {
 		part, err := e.sendPart(ctx, dest, cp, op, up, n, r)
@@ -560,7 +564,7 @@ func (e *Engine) sendPartRetrying(ctx context.Context, dest Destination, cp Serv
 			return part, err
 		}
 		e.log.Debug("part failed, sending it again", "key", op.Key, "part", n, "attempt", attempt, "err", err)
-		if !sleep(ctx, backoff(attempt, 200*time.Millisecond, 2*time.Second)) {
+		if !retry.Sleep(ctx, partRetry.Backoff(attempt)) {
 			return part, err
 		}
 	}

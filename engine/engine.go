@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -16,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/s3replicad/s3replicad/engine/event"
+	"github.com/s3replicad/s3replicad/internal/retry"
 )
 
 // Config is everything an Engine needs; the caller builds the adapters.
@@ -300,7 +300,7 @@ func (e *Engine) beginRun(ctx context.Context) (bool, error) {
 			e.m.intakePaused.Set(1)
 			e.log.Error("the state file's disk is full: waiting for space before starting", "state", e.statePath, "err", err)
 		}
-		if !sleep(ctx, 2*time.Second) {
+		if !retry.Sleep(ctx, 2*time.Second) {
 			return false, ctx.Err()
 		}
 		e.m.intakePaused.Set(0)
@@ -362,7 +362,7 @@ func (e *Engine) load(ctx context.Context, crashed bool) error {
 // holds, so that a backfill does not list far ahead of its copies.
 func (e *Engine) Submit(ctx context.Context, ops []*Op) (int, error) {
 	for e.backfillOpen.Load() >= int64(backfillAhead*e.cfg.MaxBacklog) {
-		if !sleep(ctx, 100*time.Millisecond) {
+		if !retry.Sleep(ctx, 100*time.Millisecond) {
 			return 0, ctx.Err()
 		}
 	}
@@ -405,6 +405,14 @@ func (e *Engine) Running() map[string]int { return e.sched.Running() }
 // Backlog is the number of unfinished ops the engine holds.
 func (e *Engine) Backlog() int { return e.sched.Len() }
 
+// How the pollers wait and try again: after a failed receive, after an
+// empty short poll, and between attempts to delete a batch.
+var (
+	receiveRetry = retry.Policy{Min: time.Second, Max: 10 * time.Second}
+	idlePoll     = retry.Policy{Min: 20 * time.Millisecond, Max: 500 * time.Millisecond}
+	deleteRetry  = retry.Policy{Min: 200 * time.Millisecond, Max: 2 * time.Second, Attempts: 3}
+)
+
 // shortPoll is how fast an empty receive must come back to be taken for a
 // short poll rather than a long poll that waited in vain.
 const shortPoll = 200 * time.Millisecond
@@ -427,7 +435,7 @@ func (e *Engine) poll(ctx, workCtx context.Context, acks chan<- []Message) error
 				e.ready.Store(false)
 			}
 			e.log.Warn("receive from queue failed", "err", err, "attempt", failures)
-			if !sleep(ctx, backoff(failures, time.Second, 10*time.Second)) {
+			if !retry.Sleep(ctx, receiveRetry.Backoff(failures)) {
 				return nil
 			}
 			continue
@@ -438,7 +446,7 @@ func (e *Engine) poll(ctx, workCtx context.Context, acks chan<- []Message) error
 			// An empty answer that came at once is a short poll (wait_time
 			// 0): pause, so that idle pollers do not spin against the queue.
 			empty++
-			if time.Since(began) < shortPoll && !sleep(ctx, backoff(empty, 20*time.Millisecond, 500*time.Millisecond)) {
+			if time.Since(began) < shortPoll && !retry.Sleep(ctx, idlePoll.Backoff(empty)) {
 				return nil
 			}
 			continue
@@ -469,7 +477,7 @@ func (e *Engine) deleteAcked(ctx context.Context, acks <-chan []Message) {
 				e.log.Warn("delete messages failed; they will come again as duplicates", "err", err)
 				break
 			}
-			if !sleep(ctx, backoff(attempt, 200*time.Millisecond, 2*time.Second)) {
+			if !retry.Sleep(ctx, deleteRetry.Backoff(attempt)) {
 				break
 			}
 		}
@@ -908,7 +916,7 @@ func (e *Engine) retryLater(ctx context.Context, op *Op, err error, log *slog.Lo
 	op.Attempts++
 	op.State = Pending
 	op.LastError = err.Error()
-	op.NextAttempt = time.Now().Add(backoff(op.Attempts, e.cfg.BackoffMin, e.cfg.BackoffMax))
+	op.NextAttempt = time.Now().Add(retry.Policy{Min: e.cfg.BackoffMin, Max: e.cfg.BackoffMax}.Backoff(op.Attempts))
 	log.Warn("copy failed, will retry", "attempt", op.Attempts, "next", op.NextAttempt.Format(time.RFC3339), "err", err)
 	if serr := e.cfg.State.Save(context.WithoutCancel(ctx), op); serr != nil {
 		// The op stays pending in memory either way; a full disk pauses.
@@ -925,24 +933,3 @@ func (e sourceError) Unwrap() error { return e.error }
 
 // fromSource marks err as the source's.
 func fromSource(err error) error { return sourceError{err} }
-
-// backoff is exponential with full jitter in its upper half.
-func backoff(attempt int, lo, hi time.Duration) time.Duration {
-	d := lo
-	for i := 1; i < attempt && d < hi; i++ {
-		d *= 2
-	}
-	d = min(d, hi)
-	return d/2 + rand.N(d/2+1)
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/s3replicad/s3replicad/internal/retry"
 )
 
 // adaptive is a destination's limit on operations in flight. When the
@@ -113,7 +115,7 @@ func (p *pacer) wait(ctx context.Context, n int64) error {
 		return nil
 	}
 	at := p.reserve(time.Now(), n)
-	if d := time.Until(at); d > 0 && !sleep(ctx, d) {
+	if d := time.Until(at); d > 0 && !retry.Sleep(ctx, d) {
 		return ctx.Err()
 	}
 	return nil

@@ -156,7 +156,10 @@ func (f Finding) String() string {
 // source's current one. A destination version whose source version was
 // deleted is not a difference: version deletes are never propagated. A key
 // only on the destination is reported as extra, which is not a failure.
-func Check(rule engine.Rule, p Pair, vs []engine.Version, have *Replicas) []Finding {
+// restoredFrom, when set, tells the replica version a source version was
+// restored from (its s3replicad-restored-from), "" for none: failback
+// records that replica as the restored version's (guarantee 18).
+func Check(rule engine.Rule, p Pair, vs []engine.Version, have *Replicas, restoredFrom func(version string) string) []Finding {
 	if len(p.Source) == 0 {
 		n := 0
 		for _, v := range p.Dest {
@@ -180,6 +183,11 @@ func Check(rule engine.Rule, p Pair, vs []engine.Version, have *Replicas) []Find
 			continue
 		}
 		r, ok := have.BySource[v.VersionID]
+		if !ok && restoredFrom != nil {
+			if from := restoredFrom(v.VersionID); from != "" {
+				r, ok = have.ByID[from]
+			}
+		}
 		if !ok {
 			out = append(out, Finding{Kind: "missing", Key: p.Key, Version: nullName(v.VersionID)})
 			continue
@@ -200,6 +208,7 @@ func Check(rule engine.Rule, p Pair, vs []engine.Version, have *Replicas) []Find
 		case cur == nil:
 			// reported as missing above
 		case cur.IsReplica && cur.Source == latest.VersionID:
+		case restoredFrom != nil && !cur.DeleteMarker && restoredFrom(latest.VersionID) == cur.VersionID:
 		case cur.IsReplica && !onSource[cur.Source] && !cur.DeleteMarker:
 			// The current replica's source version was deleted there:
 			// version deletes are never propagated.

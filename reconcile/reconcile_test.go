@@ -218,13 +218,13 @@ func TestCheck(t *testing.T) {
 	r1 := Replica{Version: ver("k", "d1", "zzzz", 1, true), IsReplica: true, Source: "v1"}
 	have := &Replicas{BySource: map[string]Replica{"v1": r1}, Current: &r1}
 	var kinds []string
-	for _, f := range Check(rule, Pair{Key: "k", Source: vs}, vs, have) {
+	for _, f := range Check(rule, Pair{Key: "k", Source: vs}, vs, have, nil) {
 		kinds = append(kinds, f.Kind)
 	}
 	if !slices.Equal(kinds, []string{"missing", "different", "current"}) {
 		t.Fatalf("findings %v, want v2 missing, v1 different, current wrong", kinds)
 	}
-	extra := Check(rule, Pair{Key: "gone", DestKey: "gone", Dest: []engine.Version{ver("gone", "d", "e", 1, true)}}, nil, nil)
+	extra := Check(rule, Pair{Key: "gone", DestKey: "gone", Dest: []engine.Version{ver("gone", "d", "e", 1, true)}}, nil, nil, nil)
 	if len(extra) != 1 || extra[0].Kind != "extra" {
 		t.Fatalf("a destination key with no source key: %v", extra)
 	}

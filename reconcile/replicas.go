@@ -30,6 +30,7 @@ type Replica struct {
 // Replicas is what the destination holds for one key.
 type Replicas struct {
 	BySource map[string]Replica // source version id ("" for null) -> newest replica of it
+	ByID     map[string]Replica // destination version id -> its replica
 	Current  *Replica           // the key's current version (nil: none)
 	Others   []Replica          // versions that are not replicas
 	Heads    int                // HEAD requests it took
@@ -46,7 +47,7 @@ func singlePart(etag string) bool { return etag != "" && !strings.Contains(etag,
 // ETags, which depend on part sizes, or contents written more than once) it
 // reads the replica's metadata with a HEAD.
 func Inspect(ctx context.Context, h Header, bucket, destKey string, src, dst []engine.Version) (*Replicas, error) {
-	rs := &Replicas{BySource: map[string]Replica{}}
+	rs := &Replicas{BySource: map[string]Replica{}, ByID: map[string]Replica{}}
 	type content struct {
 		etag string
 		size int64
@@ -71,7 +72,7 @@ func Inspect(ctx context.Context, h Header, bucket, destKey string, src, dst []e
 			if cands := srcBy[c]; singlePart(v.ETag) && len(cands) == 1 && dstCount[c] == 1 {
 				r.IsReplica, r.Source, r.SourceETag = true, cands[0].VersionID, cands[0].ETag
 			} else {
-				_, _, meta, err := h.Head(ctx, bucket, destKey, v.VersionID)
+				_, _, meta, err := headWithRetry(ctx, h, bucket, destKey, v.VersionID)
 				if err != nil {
 					return nil, fmt.Errorf("head destination %s@%s: %w", destKey, v.VersionID, err)
 				}
@@ -87,6 +88,9 @@ func Inspect(ctx context.Context, h Header, bucket, destKey string, src, dst []e
 		if v.IsLatest {
 			cp := r
 			rs.Current = &cp
+		}
+		if !v.DeleteMarker {
+			rs.ByID[v.VersionID] = r
 		}
 		switch {
 		case r.IsReplica:
@@ -117,4 +121,20 @@ func SameContent(src engine.Version, r Replica) (bool, string) {
 		return false, fmt.Sprintf("the replica was made from ETag %s, the source version has %s", r.SourceETag, src.ETag)
 	}
 	return true, ""
+}
+
+// headWithRetry reads a version's metadata, trying a transient failure
+// again (listRetry's policy).
+func headWithRetry(ctx context.Context, h Header, bucket, key, version string) (int64, string, map[string]string, error) {
+	var (
+		size int64
+		etag string
+		meta map[string]string
+	)
+	err := listRetry.Do(ctx, func(int) error {
+		var err error
+		size, etag, meta, err = h.Head(ctx, bucket, key, version)
+		return err
+	}, Permanent, nil)
+	return size, etag, meta, err
 }

@@ -67,7 +67,7 @@ func Choose(ctx context.Context, h Header, bucket, key string, vs []engine.Versi
 		}
 		t, seq := v.LastModified, ""
 		if !v.DeleteMarker {
-			_, _, meta, err := h.Head(ctx, bucket, key, v.VersionID)
+			_, _, meta, err := headWithRetry(ctx, h, bucket, key, v.VersionID)
 			if err != nil {
 				if class, _ := engine.Classify(err); class == engine.Gone {
 					continue // deleted from the replica meanwhile
@@ -379,7 +379,7 @@ func (v *VerifyRestore) check(ctx context.Context, key string, rv, tv []engine.V
 		fn(Finding{Kind: "missing", Key: key, Version: want.Version.VersionID, Detail: "not restored"})
 		return nil
 	}
-	_, _, meta, err := v.Target.Head(ctx, v.Bucket, key, cur.VersionID)
+	_, _, meta, err := headWithRetry(ctx, v.Target, v.Bucket, key, cur.VersionID)
 	if err != nil {
 		return fmt.Errorf("head restored %s: %w", key, err)
 	}

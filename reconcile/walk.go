@@ -8,11 +8,13 @@ package reconcile
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/s3replicad/s3replicad/engine"
+	"github.com/s3replicad/s3replicad/internal/retry"
 )
 
 // Lister is a store's version listing, one page at a time, in S3's order:
@@ -156,25 +158,26 @@ func (s *keyStream) next() (*keyVersions, error) {
 	return kv, nil
 }
 
-// listAttempts bounds the tries of one listing page: the store adapters do
+// listRetry bounds the tries of one listing page: the store adapters do
 // not retry, and a walk of a large bucket should not end on one reset.
-const listAttempts = 5
+var listRetry = retry.Policy{Min: 200 * time.Millisecond, Max: 5 * time.Second, Attempts: 5}
 
 func listWithRetry(ctx context.Context, l Lister, bucket, prefix, km, vm string) (engine.VersionPage, error) {
-	var err error
-	for attempt := 1; attempt <= listAttempts; attempt++ {
-		var page engine.VersionPage
-		if page, err = l.ListVersions(ctx, bucket, prefix, km, vm); err == nil {
-			return page, nil
-		}
-		if c, _ := engine.Classify(err); c != engine.Transient || ctx.Err() != nil {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return engine.VersionPage{}, ctx.Err()
-		case <-time.After(time.Duration(attempt*attempt) * 200 * time.Millisecond):
-		}
+	var page engine.VersionPage
+	err := listRetry.Do(ctx, func(int) error {
+		var err error
+		page, err = l.ListVersions(ctx, bucket, prefix, km, vm)
+		return err
+	}, Permanent, nil)
+	if err != nil {
+		return engine.VersionPage{}, fmt.Errorf("list versions of %s: %w", bucket, err)
 	}
-	return engine.VersionPage{}, fmt.Errorf("list versions of %s: %w", bucket, err)
+	return page, nil
+}
+
+// Permanent tells an error that trying again will not mend (the store's
+// word: gone, refused, missing bucket) from a transient one.
+func Permanent(err error) bool {
+	c, _ := engine.Classify(err)
+	return c != engine.Transient || errors.Is(err, context.Canceled)
 }

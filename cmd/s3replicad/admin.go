@@ -294,7 +294,7 @@ func cmdRetry(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *all == (len(keys) > 0) {
 		return &usageError{"retry: give either -all or one or more KEYs"}
 	}
-	n, err := retry(ctx, cfg, keys)
+	n, err := retryFailed(ctx, cfg, keys)
 	if err != nil {
 		return fmt.Errorf("retry: %w", err)
 	}
@@ -305,7 +305,7 @@ func cmdRetry(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
-func retry(ctx context.Context, cfg *Config, keys []string) (int, error) {
+func retryFailed(ctx context.Context, cfg *Config, keys []string) (int, error) {
 	d, err := findDaemon(cfg)
 	if err != nil {
 		return 0, err

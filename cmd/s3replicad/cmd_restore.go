@@ -19,9 +19,14 @@ import (
 	"github.com/s3replicad/s3replicad/checkpoint"
 	"github.com/s3replicad/s3replicad/engine"
 	"github.com/s3replicad/s3replicad/engine/s3store"
+	"github.com/s3replicad/s3replicad/internal/retry"
 	"github.com/s3replicad/s3replicad/metrics"
 	"github.com/s3replicad/s3replicad/reconcile"
 )
+
+// setupRetry waits about a minute for a restore target that does not
+// answer.
+var setupRetry = retry.Policy{Min: time.Second, Max: 10 * time.Second, Attempts: 10}
 
 // restoreJob is what a restore keeps beside its state file, so that a run
 // after an interruption continues the same restore and the final summary
@@ -133,13 +138,27 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return fmt.Errorf("restore state %s: %w", dir, err)
 	}
 	if !continuing {
-		created, err := target.EnsureBucket(ctx, *bucket)
+		// A target that is down for a moment is waited for, with a line
+		// saying so; one that refuses (credentials, a bad name) is not.
+		retrying := func(attempt int, err error, wait time.Duration) {
+			log.Warn("the restore target does not answer; trying again", "bucket", *bucket, "attempt", attempt, "next_in", wait.Round(time.Millisecond), "err", err)
+		}
+		var created, empty bool
+		err := setupRetry.Do(ctx, func(int) error {
+			var err error
+			created, err = target.EnsureBucket(ctx, *bucket)
+			return err
+		}, reconcile.Permanent, retrying)
 		if err != nil {
 			return fmt.Errorf("restore target bucket %s: %w", *bucket, err)
 		}
 		job.Created = created
 		if !created && !*intoExisting {
-			empty, err := target.Empty(ctx, *bucket)
+			err := setupRetry.Do(ctx, func(int) error {
+				var err error
+				empty, err = target.Empty(ctx, *bucket)
+				return err
+			}, reconcile.Permanent, retrying)
 			if err != nil {
 				return fmt.Errorf("restore target bucket %s: %w", *bucket, err)
 			}

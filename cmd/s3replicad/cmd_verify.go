@@ -6,6 +6,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/s3replicad/s3replicad/engine"
 	"github.com/s3replicad/s3replicad/reconcile"
 )
 
@@ -60,7 +61,17 @@ func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			if have != nil {
 				heads += have.Heads
 			}
-			for _, f := range reconcile.Check(rule, pair, vs, have) {
+			// A source version restored from a replica (failback) is
+			// replicated by that replica: its metadata says which.
+			restoredFrom := func(version string) string {
+				_, _, meta, err := src.Head(ctx, rule.SourceBucket, pair.Key, version)
+				heads++
+				if err != nil {
+					return ""
+				}
+				return meta[engine.MetaRestoredFrom]
+			}
+			for _, f := range reconcile.Check(rule, pair, vs, have, restoredFrom) {
 				counts[f.Kind]++
 				fmt.Fprintf(stdout, "%s (rule %s)\n", f, rule.ID)
 			}

@@ -171,7 +171,7 @@ func (p *Publisher) Put(ctx context.Context, c *s3.Client, bucket, key string, b
 		return Event{}, fmt.Errorf("put %s: %w", key, err)
 	}
 	return Event{Name: "ObjectCreated:Put", Bucket: bucket, Key: key, VersionID: aws.ToString(out.VersionId),
-		ETag: strings.Trim(aws.ToString(out.ETag), `"`), Size: int64(len(body)), Sequencer: p.Sequencer()}, nil
+		ETag: strings.Trim(aws.ToString(out.ETag), `"`), Size: int64(len(body)), Sequencer: p.Sequencer(), Time: time.Now()}, nil
 }
 
 // DeleteMarker puts a delete marker on a source key and returns its event.
@@ -181,7 +181,7 @@ func (p *Publisher) DeleteMarker(ctx context.Context, c *s3.Client, bucket, key 
 		return Event{}, fmt.Errorf("delete %s: %w", key, err)
 	}
 	return Event{Name: "ObjectRemoved:DeleteMarkerCreated", Bucket: bucket, Key: key,
-		VersionID: aws.ToString(out.VersionId), Sequencer: p.Sequencer()}, nil
+		VersionID: aws.ToString(out.VersionId), Sequencer: p.Sequencer(), Time: time.Now()}, nil
 }
 
 // DeleteVersion deletes a source version for good and returns its event.
@@ -189,5 +189,5 @@ func (p *Publisher) DeleteVersion(ctx context.Context, c *s3.Client, bucket, key
 	if _, err := c.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &bucket, Key: &key, VersionId: &version}); err != nil {
 		return Event{}, fmt.Errorf("delete %s@%s: %w", key, version, err)
 	}
-	return Event{Name: "ObjectRemoved:Delete", Bucket: bucket, Key: key, VersionID: version, Sequencer: p.Sequencer()}, nil
+	return Event{Name: "ObjectRemoved:Delete", Bucket: bucket, Key: key, VersionID: version, Sequencer: p.Sequencer(), Time: time.Now()}, nil
 }
