@@ -122,10 +122,10 @@ type missingVersion struct {
 // listing cannot tell where a delete marker sits among the versions.
 // Versions with no replica at all are returned apart, for the caller to
 // report (null versions replaced in place may be superseded).
-func replicaProblems(w *world, keys []string) ([]string, []missingVersion, int) {
+func replicaProblems(w *world, keys []string) ([]string, []missingVersion, map[string]int) {
 	var problems []string
 	var missing []missingVersion
-	extra := 0
+	extra := map[string]int{} // key -> extra copies
 	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 	for _, key := range keys {
 		src, err := listVersions(w, w.src, w.srcBucket, key)
@@ -183,7 +183,9 @@ func replicaProblems(w *world, keys []string) ([]string, []missingVersion, int) 
 				}
 				continue
 			}
-			extra += len(got) - 1
+			if len(got) > 1 {
+				extra[key] += len(got) - 1
+			}
 			sd, err1 := digest(w, w.src, w.srcBucket, key, id)
 			dd, err2 := digest(w, w.dst, w.dstBucket, key, got[0])
 			if err1 != nil || err2 != nil {
@@ -201,8 +203,8 @@ func replicaProblems(w *world, keys []string) ([]string, []missingVersion, int) 
 		}
 		if dstMarkers < srcMarkers {
 			missing = append(missing, missingVersion{key: key, version: fmt.Sprintf("(%d of %d delete markers)", srcMarkers-dstMarkers, srcMarkers), marker: true})
-		} else {
-			extra += dstMarkers - srcMarkers
+		} else if dstMarkers > srcMarkers {
+			extra[key] += dstMarkers - srcMarkers
 		}
 	}
 	return problems, missing, extra
@@ -251,8 +253,12 @@ func (w *world) waitReplica(keys []string, within time.Duration) (time.Duration,
 	var last []string
 	for time.Since(start) < within {
 		var missing []missingVersion
-		var extra int
-		last, missing, extra = replicaProblems(w, keys)
+		var extras map[string]int
+		last, missing, extras = replicaProblems(w, keys)
+		extra := 0
+		for _, n := range extras {
+			extra += n
+		}
 		if len(last) == 0 {
 			counts, err := w.statusCounts()
 			switch {
@@ -268,7 +274,10 @@ func (w *world) waitReplica(keys []string, within time.Duration) (time.Duration,
 				last = []string{fmt.Sprintf("%d messages still in the queue", w.queueDepth())}
 			default:
 				if late := w.lateVersions(); int64(extra) > late {
-					w.t.Fatalf("%d extra copies on the destination, but only %d late versions that each allow one on top", extra, late)
+					for key := range extras {
+						w.t.Log(w.describeKey(key))
+					}
+					w.t.Fatalf("%d extra copies on the destination (%v), but only %d late versions that each allow one on top", extra, extras, late)
 				}
 				return time.Since(start), missing, extra
 			}
