@@ -680,11 +680,6 @@ func (s *Store) SaveCursor(rule string, c Cursor) error {
 	return s.db.Batch(func(t *bolt.Tx) error { return t.Bucket(bucketCursors).Put([]byte(rule), raw) })
 }
 
-// ResetCursor forgets a rule's backfill position.
-func (s *Store) ResetCursor(rule string) error {
-	return s.db.Update(func(t *bolt.Tx) error { return t.Bucket(bucketCursors).Delete([]byte(rule)) })
-}
-
 // pruneBatch is how many finished ops one prune transaction deletes.
 const pruneBatch = 5000
 

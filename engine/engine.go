@@ -80,8 +80,9 @@ type Engine struct {
 	finishing sync.WaitGroup
 	finishers chan struct{}
 
-	ready  atomic.Bool
-	loaded chan struct{}
+	started atomic.Bool
+	ready   atomic.Bool
+	loaded  chan struct{}
 
 	// intake (see intake.go)
 	records      chan recordReq
@@ -232,6 +233,9 @@ func (e *Engine) Ready() (bool, string) {
 // Run loads unfinished work from the state file, then receives and
 // replicates until ctx ends.
 func (e *Engine) Run(ctx context.Context) error {
+	if !e.started.CompareAndSwap(false, true) {
+		return errors.New("engine: Run called twice; build a new Engine")
+	}
 	defer e.sched.Close()
 	crashed, err := e.beginRun(ctx)
 	if err != nil {

@@ -226,6 +226,7 @@ func printStatus(w io.Writer, st *checkpoint.Status) {
 	for _, s := range engine.States {
 		fmt.Fprintf(w, "%-16s %d\n", string(s)+":", st.Counts[s])
 	}
+	fmt.Fprintf(w, "late versions:   %d (written after a newer one, the newest copied back on top)\n", st.LateVersions)
 	fmt.Fprintf(w, "bytes pending:   %d (%s)\n", st.BytesPending, humanBytes(st.BytesPending))
 	if st.OldestPending != nil {
 		fmt.Fprintf(w, "oldest pending:  %s (%s ago)\n", st.OldestPending.Format(time.RFC3339), time.Duration(st.OldestPendingAge*float64(time.Second)).Round(time.Second))
@@ -238,7 +239,7 @@ func printStatus(w io.Writer, st *checkpoint.Status) {
 	if len(st.Rules) > 1 {
 		fmt.Fprintln(w, "\nby rule:")
 		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  RULE\tPENDING\tIN_FLIGHT\tCOMPLETED\tFAILED\tSKIPPED\tSUPERSEDED\tBYTES_PENDING")
+		fmt.Fprintln(tw, "  RULE\tPENDING\tIN_FLIGHT\tCOMPLETED\tFAILED\tSKIPPED\tSUPERSEDED\tLATE\tBYTES_PENDING")
 		ids := make([]string, 0, len(st.Rules))
 		for id := range st.Rules {
 			ids = append(ids, id)
@@ -246,12 +247,18 @@ func printStatus(w io.Writer, st *checkpoint.Status) {
 		sort.Strings(ids)
 		for _, id := range ids {
 			c := st.Rules[id].Counts
-			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", id, c[engine.Pending], c[engine.InFlight], c[engine.Completed],
-				c[engine.Failed], c[engine.Skipped], c[engine.Superseded], st.Rules[id].BytesPending)
+			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", id, c[engine.Pending], c[engine.InFlight], c[engine.Completed],
+				c[engine.Failed], c[engine.Skipped], c[engine.Superseded], st.Rules[id].LateVersions, st.Rules[id].BytesPending)
 		}
 		tw.Flush()
 	}
-	for rule, c := range st.Backfill {
+	backfills := make([]string, 0, len(st.Backfill))
+	for rule := range st.Backfill {
+		backfills = append(backfills, rule)
+	}
+	sort.Strings(backfills)
+	for _, rule := range backfills {
+		c := st.Backfill[rule]
 		state := "in progress"
 		if c.Done {
 			state = "done"

@@ -49,9 +49,11 @@ func buildPolicy(cfg *Config) policyDoc {
 		objects["arn:aws:s3:::"+r.SourceBucket+"/"+r.Filter.Prefix+"*"] = true
 		tags = true // tags are copied with every replica
 	}
-	read := []string{"s3:GetObjectVersion"}
+	// GetObject reads the null version of an unversioned or suspended
+	// bucket (a read without a version id); GetObjectVersion every other.
+	read := []string{"s3:GetObject", "s3:GetObjectVersion"}
 	if tags {
-		read = append(read, "s3:GetObjectVersionTagging")
+		read = append(read, "s3:GetObjectTagging", "s3:GetObjectVersionTagging")
 	}
 	doc := policyDoc{Version: "2012-10-17"}
 	if len(objects) > 0 {

@@ -90,6 +90,7 @@ func newReplicator(ctx context.Context, cfg *Config, log *slog.Logger, rules []e
 		VisibilityTimeout:  cfg.Queue.VisibilityTimeout.D(),
 		OrderWindow:        cfg.Transfer.OrderWindow.D(),
 		DrainTimeout:       max(cfg.ShutdownTimeout.D()-2*time.Second, cfg.ShutdownTimeout.D()/2),
+		StatePath:          st.Path(),
 		Registerer:         r.reg,
 		Logger:             log.With("component", "engine"),
 	}

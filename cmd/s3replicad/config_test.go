@@ -192,7 +192,8 @@ func TestPolicyActions(t *testing.T) {
 			}
 		}
 	}
-	want := []string{"s3:GetObjectVersion", "s3:GetObjectVersionTagging", "s3:ListBucketVersions", "s3:GetBucketVersioning",
+	// GetObject: reading a null version (unversioned or suspended source) takes it.
+	want := []string{"s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectTagging", "s3:GetObjectVersionTagging", "s3:ListBucketVersions", "s3:GetBucketVersioning",
 		"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"}
 	for _, a := range want {
 		if !got[a] {

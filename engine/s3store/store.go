@@ -193,9 +193,6 @@ func staticUserAgent(ua string) func(*middleware.Stack) error {
 	}
 }
 
-// Client exposes the SDK client (check-config and verify use it directly).
-func (s *Store) Client() *s3.Client { return s.client }
-
 // Get implements engine.Source.
 func (s *Store) Get(ctx context.Context, v engine.VersionRef, r *engine.ByteRange) (*engine.Object, error) {
 	in := &s3.GetObjectInput{Bucket: &v.Bucket, Key: &v.Key, VersionId: optional(v.VersionID), IfMatch: optional(quoteETag(v.IfMatch))}
