@@ -182,7 +182,17 @@ func (s *Store) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		case <-s.kick:
 		}
+	}
+}
+
+// wake makes the lease manager take its next step now (a shard is ready
+// to be handed over).
+func (s *Store) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
 	}
 }
 
@@ -190,7 +200,7 @@ func (s *Store) Run(ctx context.Context) error {
 // (the table is slow or unreachable), and says so at once: the engine
 // must not wait for the next tick, which may be stuck on the network.
 func (s *Store) watchDeadlines(ctx context.Context) {
-	t := time.NewTicker(min(s.every()/2, 250*time.Millisecond))
+	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
 		select {
@@ -199,14 +209,19 @@ func (s *Store) watchDeadlines(ctx context.Context) {
 		case <-t.C:
 		}
 		now := time.Now()
+		next := now.Add(min(s.every()/2, 250*time.Millisecond))
 		s.mu.Lock()
 		for sh, l := range s.held {
-			if !now.Before(s.deadline(l)) {
+			dl := s.deadline(l)
+			if !now.Before(dl) {
 				s.log.Warn("lease not renewed in time: stopped working on its shard", "shard", sh, "epoch", l.epoch)
 				s.loseLocked(sh)
+			} else if dl.Before(next) {
+				next = dl
 			}
 		}
 		s.mu.Unlock()
+		t.Reset(time.Until(next))
 	}
 }
 
@@ -401,6 +416,10 @@ func (s *Store) decide(leases []leaseItem, nodes []nodeItem, now time.Time) []le
 
 	var writes []leaseWrite
 	var stealable []leaseItem
+	wantOf := map[int]string{}
+	for _, l := range leases {
+		wantOf[l.shard] = l.want
+	}
 	for _, l := range leases {
 		h := s.held[l.shard]
 		sinceChange := now.Sub(s.leaseSeen[l.shard].at)
@@ -450,23 +469,32 @@ func (s *Store) decide(leases []leaseItem, nodes []nodeItem, now time.Time) []le
 			stealable = append(stealable, l)
 		}
 	}
-	// Balance: ask the busiest live node for one lease when it holds two
-	// or more than this node; one request at a time.
-	if s.wanting >= 0 && (s.held[s.wanting] != nil || now.Sub(s.wantedAt) > 2*s.cfg.Lease) {
-		s.wanting = -1
+	// Balance: ask the busiest live nodes for leases while one holds two
+	// or more than this node would with what it asked for already.
+	for sh, at := range s.wants {
+		if s.held[sh] != nil || now.Sub(at) > 2*s.cfg.Lease || wantOf[sh] != me {
+			delete(s.wants, sh)
+		}
 	}
-	if s.wanting < 0 {
+	expected := mine + len(s.wants)
+	for {
 		var best *leaseItem
 		for i := range stealable {
 			l := &stealable[i]
-			if count[l.owner]-mine >= 2 && (best == nil || count[l.owner] > count[best.owner]) {
+			if _, asked := s.wants[l.shard]; asked {
+				continue
+			}
+			if count[l.owner]-expected >= 2 && (best == nil || count[l.owner] > count[best.owner]) {
 				best = l
 			}
 		}
-		if best != nil {
-			writes = append(writes, leaseWrite{kind: "want", item: *best})
-			s.wanting, s.wantedAt = best.shard, now
+		if best == nil {
+			break
 		}
+		writes = append(writes, leaseWrite{kind: "want", item: *best})
+		s.wants[best.shard] = now
+		count[best.owner]--
+		expected++
 	}
 	return writes
 }
@@ -509,6 +537,7 @@ func (s *Store) startReleaseLocked(shard int, l *lease, to string) {
 				return
 			}
 			cur.releaseReady, cur.releaseClean = true, true
+			s.wake()
 		}
 	}()
 }

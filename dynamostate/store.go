@@ -33,14 +33,14 @@ type Store struct {
 	running  atomic.Bool
 	released atomic.Bool
 	changes  chan struct{}
+	kick     chan struct{}
 
 	mu            sync.Mutex
 	held          map[int]*lease
 	lastEpoch     map[int]int64 // epochs of shards held before, by shard
 	leaseSeen     map[int]sighting
 	nodeSeen      map[string]sighting
-	wanting       int // the shard asked for, -1 when none
-	wantedAt      time.Time
+	wants         map[int]time.Time // shards asked for, when
 	handoff       func(ctx context.Context, lost func(destKeyID string) bool) error
 	activity      func() (held, inFlight int)
 	lastComplaint time.Time
@@ -49,6 +49,7 @@ type Store struct {
 	handed  map[string]handedOp  // op ID -> where it came from (ops the engine has)
 	recent  map[string]time.Time // op ID -> finished here lately (the index lags)
 	cursors map[cursorKey]*shardCursor
+	rescan  time.Duration
 	seq     seqGen
 	keys    map[string]keyCache
 	uploads map[string]*uploadMemo
@@ -126,8 +127,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		cfg: cfg, db: db, log: cfg.Logger.With("node", cfg.NodeID), shards: shards,
 		changes: make(chan struct{}, 1),
 		held:    map[int]*lease{}, lastEpoch: map[int]int64{}, leaseSeen: map[int]sighting{}, nodeSeen: map[string]sighting{},
-		wanting: -1,
-		handed:  map[string]handedOp{}, recent: map[string]time.Time{}, cursors: map[cursorKey]*shardCursor{},
+		wants: map[int]time.Time{}, kick: make(chan struct{}, 1),
+		handed: map[string]handedOp{}, recent: map[string]time.Time{}, cursors: map[cursorKey]*shardCursor{}, rescan: rescanEvery,
 		seq:  seqGen{node: uint64(binary.BigEndian.Uint16(b[:]))},
 		keys: map[string]keyCache{}, uploads: map[string]*uploadMemo{}, counts: map[string]map[engine.State]int64{},
 		flushed: time.Now(),
@@ -633,7 +634,7 @@ func (s *Store) Pending(ctx context.Context, origin engine.Origin, after uint64,
 		ck := cursorKey{sc.shard, origin}
 		c := s.cursors[ck]
 		if c == nil || !sc.fromSet {
-			c = &shardCursor{rescan: now.Add(rescanEvery)}
+			c = &shardCursor{rescan: now.Add(s.rescan)}
 			s.cursors[ck] = c
 		}
 		through := sc.lastSeen
