@@ -40,6 +40,18 @@ func startNode(t testing.TB, cfg dynamostate.Config, id string) *node {
 	return n
 }
 
+// openStore opens a store that takes no part in the leases, as a
+// command (status, retry) run on some machine does.
+func openStore(t testing.TB, cfg dynamostate.Config, id string) *dynamostate.Store {
+	t.Helper()
+	cfg.NodeID, cfg.Host = id, "host-"+id
+	st, err := dynamostate.Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 // crash stops the lease manager without releasing: as kill -9 would.
 func (n *node) crash() {
 	n.cancel()

@@ -331,12 +331,22 @@ func (s *Store) putOp(ctx context.Context, op *engine.Op, shard int, ep int64) e
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.countLocked(op.Rule, old, op.State)
-	if op.State.Terminal() {
-		id := op.ID()
-		delete(s.handed, id)
+	s.finishedLocked(op)
+	return nil
+}
+
+// finishedLocked forgets an op the engine is done with. One that finished
+// for good is also not handed out again while the lagging index may still
+// list it; a failed one may come back any time (retry).
+func (s *Store) finishedLocked(op *engine.Op) {
+	if !op.State.Terminal() {
+		return
+	}
+	id := op.ID()
+	delete(s.handed, id)
+	if finishedOK(op.State) {
 		s.recent[id] = time.Now()
 	}
-	return nil
 }
 
 func (s *Store) getOp(ctx context.Context, op *engine.Op) (*engine.Op, error) {
@@ -754,13 +764,9 @@ func (s *Store) Current(ctx context.Context, op *engine.Op) (*engine.Op, error) 
 			return cur, nil
 		}
 	}
-	if cur.State.Terminal() {
-		s.mu.Lock()
-		id := cur.ID()
-		delete(s.handed, id)
-		s.recent[id] = time.Now()
-		s.mu.Unlock()
-	}
+	s.mu.Lock()
+	s.finishedLocked(cur)
+	s.mu.Unlock()
 	return cur, nil
 }
 
