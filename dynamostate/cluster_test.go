@@ -79,6 +79,7 @@ func heldCounts(nodes ...*node) []int {
 // when they join one after another (the later ones ask for leases and get
 // them handed over).
 func TestShardsSplitBetweenNodes(t *testing.T) {
+	t.Parallel()
 	cfg := newTable(t, 12)
 	a := startNode(t, cfg, "a")
 	a.SetHandoff(cleanHandoff)
@@ -133,6 +134,7 @@ func TestShardsSplitBetweenNodes(t *testing.T) {
 // written; and whatever it still tries to write after the new owner wrote
 // is refused.
 func TestTakeoverAfterCrash(t *testing.T) {
+	t.Parallel()
 	cfg := newTable(t, 8)
 	a := startNode(t, cfg, "a")
 	a.SetHandoff(cleanHandoff)
@@ -260,6 +262,7 @@ func TestTakeoverAfterCrash(t *testing.T) {
 // A clean stop hands every shard over at once: the others own them
 // within a tick, not a lease, and hand their ops out as they are.
 func TestReleaseHandsOverAtOnce(t *testing.T) {
+	t.Parallel()
 	cfg := newTable(t, 8)
 	cfg.Lease = 4 * time.Second // so that "at once" is clearly not "after the lease"
 	a := startNode(t, cfg, "a")
@@ -317,6 +320,7 @@ func TestReleaseHandsOverAtOnce(t *testing.T) {
 // owner hands a wanted shard over only at its deadline, and the new owner
 // treats its ops as possibly written.
 func TestHandoverWithoutHandoffIsSuspect(t *testing.T) {
+	t.Parallel()
 	cfg := newTable(t, 4)
 	a := startNode(t, cfg, "a")
 	waitFor(t, 5*time.Second, "a holds every shard", func() bool { return len(a.Held()) == 4 })
@@ -343,6 +347,7 @@ func TestHandoverWithoutHandoffIsSuspect(t *testing.T) {
 // learns it lost them, takes nothing wrongly, and gets its share back by
 // asking. A short outage costs nothing.
 func TestCutOffFromTheTable(t *testing.T) {
+	t.Parallel()
 	for _, mode := range []string{"stall", "refuse"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()

@@ -46,3 +46,10 @@ func (s *Store) AdvanceKeyOnly(ctx context.Context, op *engine.Op) error {
 	}
 	return s.advanceKey(ctx, op, shard, ep)
 }
+
+// SetForgetAfter changes how long a stopped node's item is kept.
+func (s *Store) SetForgetAfter(d time.Duration) {
+	s.mu.Lock()
+	s.forgetAfter = d
+	s.mu.Unlock()
+}

@@ -238,6 +238,11 @@ func (s *Store) loseLocked(shard int) {
 			delete(s.handed, id)
 		}
 	}
+	for ck := range s.cursors {
+		if ck.shard == shard {
+			delete(s.cursors, ck)
+		}
+	}
 	s.signal()
 }
 
@@ -338,6 +343,42 @@ func (s *Store) step(ctx context.Context) {
 	writes := s.decide(leases, nodes, now)
 	s.apply(sctx, writes)
 	s.flushCounters(sctx, false)
+	s.forgetNodes(sctx, leases, nodes, now)
+}
+
+// forgetNodes deletes the items of nodes that have not moved their
+// heartbeat for forgetAfter (seen here) and hold no lease: every restart
+// makes a new node id, and status should not list them for ever. Each
+// delete is conditional on the heartbeat read, so a node that comes back
+// meanwhile keeps its item.
+func (s *Store) forgetNodes(ctx context.Context, leases []leaseItem, nodes []nodeItem, now time.Time) {
+	s.mu.Lock()
+	if now.Sub(s.lastCleanup) < s.forgetAfter/10 {
+		s.mu.Unlock()
+		return
+	}
+	s.lastCleanup = now
+	holds := map[string]bool{}
+	for _, l := range leases {
+		holds[l.owner] = true
+	}
+	var gone []nodeItem
+	for _, n := range nodes {
+		if n.id != s.cfg.NodeID && !holds[n.id] && now.Sub(s.nodeSeen[n.id].at) >= s.forgetAfter {
+			gone = append(gone, n)
+		}
+	}
+	s.mu.Unlock()
+	for _, n := range gone {
+		_, err := s.db.DeleteItem(ctx, &dynamodb.DeleteItemInput{
+			TableName: aws.String(s.cfg.Table), Key: key(pkNode, n.id),
+			ConditionExpression:       aws.String("hb = :hb"),
+			ExpressionAttributeValues: map[string]types.AttributeValue{":hb": num(n.hb)},
+		})
+		if err == nil {
+			s.log.Info("forgot a node that stopped long ago", "gone", n.id, "host", n.host)
+		}
+	}
 }
 
 // logEvery logs table trouble at most once per lease period.
@@ -658,6 +699,8 @@ func (s *Store) gainLocked(shard int, epoch int64, sent time.Time, clean bool) {
 	}
 	s.held[shard] = l
 	delete(s.lastEpoch, shard)
+	// Other nodes wrote this shard's key states meanwhile.
+	clear(s.keys)
 	s.log.Info("lease gained", "shard", shard, "epoch", epoch, "clean", clean)
 	s.signal()
 }

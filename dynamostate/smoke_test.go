@@ -9,6 +9,7 @@ import (
 )
 
 func TestSmoke(t *testing.T) {
+	t.Parallel()
 	cfg := newTable(t, 4)
 	n := startNode(t, cfg, "a")
 	waitFor(t, 10*time.Second, "all shards held", func() bool { return len(n.Held()) == 4 })

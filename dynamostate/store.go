@@ -45,6 +45,7 @@ type Store struct {
 	activity      func() (held, inFlight int)
 	lastComplaint time.Time
 	lastCleanup   time.Time
+	forgetAfter   time.Duration
 
 	handed  map[string]handedOp  // op ID -> where it came from (ops the engine has)
 	recent  map[string]time.Time // op ID -> finished here lately (the index lags)
@@ -101,6 +102,10 @@ type keyCache struct {
 // the Save that follows it.
 const maxKeyCache = 20000
 
+// forgetNodesAfter is how long status goes on listing a node that stopped
+// or died.
+const forgetNodesAfter = time.Hour
+
 // parallelism bounds the requests one call makes at once.
 const parallelism = 16
 
@@ -131,7 +136,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		handed: map[string]handedOp{}, recent: map[string]time.Time{}, cursors: map[cursorKey]*shardCursor{}, rescan: rescanEvery,
 		seq:  seqGen{node: uint64(binary.BigEndian.Uint16(b[:]))},
 		keys: map[string]keyCache{}, uploads: map[string]*uploadMemo{}, counts: map[string]map[engine.State]int64{},
-		flushed: time.Now(),
+		flushed: time.Now(), forgetAfter: max(10*cfg.Lease, forgetNodesAfter),
 	}
 	return s, nil
 }

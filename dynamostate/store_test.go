@@ -28,6 +28,7 @@ func rawClient() *dynamodb.Client {
 }
 
 func TestCreateTableAndCheck(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	cfg := testConfig(t, 16)
 	if err := dynamostate.Check(ctx, cfg); err == nil || !strings.Contains(err.Error(), cfg.Table) ||
@@ -90,6 +91,7 @@ func TestCreateTableAndCheck(t *testing.T) {
 // A completion cut short between its two writes (key state, then op) is
 // finished by Current, with the replica the key state recorded.
 func TestCurrentFinishesAHalfCompletion(t *testing.T) {
+	t.Parallel()
 	cfg := newTable(t, 4)
 	n := startNode(t, cfg, "a")
 	waitFor(t, 5*time.Second, "every shard held", func() bool { return len(n.Held()) == 4 })
@@ -137,6 +139,7 @@ func TestCurrentFinishesAHalfCompletion(t *testing.T) {
 // state they were the last write of; a version whose op was pruned is
 // recorded anew; failed and recent ops stay.
 func TestPrune(t *testing.T) {
+	t.Parallel()
 	cfg := newTable(t, 4)
 	n := startNode(t, cfg, "a")
 	waitFor(t, 5*time.Second, "every shard held", func() bool { return len(n.Held()) == 4 })
@@ -185,6 +188,7 @@ func TestPrune(t *testing.T) {
 // failed op retried from another node keeps its old arrival number) are
 // found when the queue is read from its start again.
 func TestPendingFindsOpsBehindItsCursor(t *testing.T) {
+	t.Parallel()
 	cfg := newTable(t, 2)
 	a := startNode(t, cfg, "a")
 	waitFor(t, 5*time.Second, "every shard held", func() bool { return len(a.Held()) == 2 })
@@ -230,6 +234,7 @@ func TestPendingFindsOpsBehindItsCursor(t *testing.T) {
 // Claim hands the ops a node just recorded to its engine at once when
 // their shard is its own, and never twice.
 func TestClaim(t *testing.T) {
+	t.Parallel()
 	cfg := newTable(t, 4)
 	a := startNode(t, cfg, "a")
 	waitFor(t, 5*time.Second, "every shard held", func() bool { return len(a.Held()) == 4 })
@@ -260,6 +265,7 @@ func TestClaim(t *testing.T) {
 // Status lists every node with its leases and the work its engine
 // reports, and sums the finished counts of all nodes.
 func TestStatusAcrossNodes(t *testing.T) {
+	t.Parallel()
 	cfg := newTable(t, 4)
 	a := startNode(t, cfg, "a")
 	waitFor(t, 5*time.Second, "every shard held", func() bool { return len(a.Held()) == 4 })
@@ -316,6 +322,7 @@ func TestStatusAcrossNodes(t *testing.T) {
 // A table that cannot be reached gives transient errors (the caller
 // retries); a write for a shard this node does not hold is refused.
 func TestErrorsAtTheBoundary(t *testing.T) {
+	t.Parallel()
 	cfg := newTable(t, 4)
 	proxy := newFaultProxy(t, dynamo.Endpoint)
 	pcfg := cfg
@@ -381,6 +388,7 @@ func (c *countingTransport) take() map[string]int {
 // (1 write), hand out (a share of a query), check it is current (1
 // read), last written (1 read), completion (key state and op: 2 writes).
 func TestRequestsPerVersion(t *testing.T) {
+	t.Parallel()
 	cfg := newTable(t, 4)
 	counter := &countingTransport{n: map[string]int{}}
 	cfg.HTTPClient = &http.Client{Transport: counter}
@@ -424,4 +432,37 @@ func TestRequestsPerVersion(t *testing.T) {
 	if got["GetItem"] != 2*versions {
 		t.Errorf("%d item reads for %d versions, want 2 each (current, last written)", got["GetItem"], versions)
 	}
+}
+
+// The items of nodes gone for long are deleted (every restart is a new
+// node id); live ones stay.
+func TestGoneNodesAreForgotten(t *testing.T) {
+	t.Parallel()
+	cfg := newTable(t, 2)
+	a := startNode(t, cfg, "a")
+	b := startNode(t, cfg, "b")
+	a.SetHandoff(cleanHandoff)
+	b.SetHandoff(cleanHandoff)
+	b.SetForgetAfter(1500 * time.Millisecond)
+	waitFor(t, 10*time.Second, "1 shard each", func() bool { return slices.Equal(heldCounts(a, b), []int{1, 1}) })
+	ctx := context.Background()
+	a.crash()
+	if err := a.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	nodes := func() []string {
+		st, err := b.Status(ctx, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, n := range st.Nodes {
+			ids = append(ids, n.ID)
+		}
+		return ids
+	}
+	if got := nodes(); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("nodes right after a stopped: %v", got)
+	}
+	waitFor(t, 10*time.Second, "a forgotten", func() bool { return slices.Equal(nodes(), []string{"b"}) })
 }
