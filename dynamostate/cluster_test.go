@@ -115,7 +115,13 @@ func TestShardsSplitBetweenNodes(t *testing.T) {
 				t.Errorf("%s was handed %s of a shard it does not own", n.NodeID(), op)
 			}
 			if !op.WriteStarted.IsZero() {
-				t.Errorf("%s: %s marked as possibly written after clean handovers", n.NodeID(), op)
+				// Legitimate only when the node could not renew in time
+				// (a loaded machine) and took the shard back.
+				if st := n.LeaseStats(); st.Expired == 0 {
+					t.Errorf("%s: %s marked as possibly written after clean handovers (%+v)", n.NodeID(), op, st)
+				} else {
+					t.Logf("%s: %s marked as possibly written: the node's lease expired locally (%+v)", n.NodeID(), op, st)
+				}
 			}
 			if prev, dup := got[op.ID()]; dup {
 				t.Errorf("%s handed out to %s and %s", op, prev, n.NodeID())
@@ -191,6 +197,9 @@ func TestTakeoverAfterCrash(t *testing.T) {
 		}
 	}
 
+	if st := b.LeaseStats(); st.TakenOver != int64(len(aShards)) || st.GainedSuspect != int64(len(aShards)) {
+		t.Errorf("b's lease stats %+v: want %d taken over, as suspect", st, len(aShards))
+	}
 	// b hands out every op; those of a's shards as possibly written.
 	all, _, err := b.Pending(ctx, engine.OriginEvent, 0, 100)
 	if err != nil || len(all) != len(ops) {
@@ -302,6 +311,9 @@ func TestReleaseHandsOverAtOnce(t *testing.T) {
 			t.Errorf("%s marked as possibly written after a clean release", op)
 		}
 	}
+	if st := b.LeaseStats(); st.TakenOver != 0 {
+		t.Errorf("b took leases over after a clean release: %+v", st)
+	}
 	st, err := b.Status(ctx, time.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -393,6 +405,9 @@ func TestCutOffFromTheTable(t *testing.T) {
 			case <-a.Changes():
 			case <-time.After(100 * time.Millisecond):
 				t.Error("a did not signal that it lost its shards")
+			}
+			if st := a.LeaseStats(); st.Expired < int64(len(before)) {
+				t.Errorf("a's lease stats %+v: want its %d shards expired locally", st, len(before))
 			}
 			took := waitFor(t, cfg.Lease+5*time.Second, "b takes every shard", func() bool { return len(b.Held()) == 8 })
 			t.Logf("cut off (%s): a stopped after %s (deadline %s), b owned all after %s", mode, lost, deadline.Sub(cut), time.Since(cut))

@@ -127,6 +127,34 @@ func (s *Store) Held() []int {
 	return out
 }
 
+// LeaseStats counts what happened to this node's leases since Open (for
+// metrics: a node whose leases expire locally or whose renewals fail is
+// in trouble with the table).
+type LeaseStats struct {
+	Held int // now
+	// Gained counts leases taken or received; GainedSuspect those whose
+	// previous owner may still have had writes landing (taken after
+	// expiry, or regained after this node gave them up locally).
+	Gained, GainedSuspect int64
+	// TakenOver counts leases taken from a node that stopped renewing.
+	TakenOver int64
+	// Lost counts leases another node took; Expired those this node gave
+	// up because it could not renew them before its deadline.
+	Lost, Expired int64
+	// HandedOver counts leases handed over cleanly (asked for, Release).
+	HandedOver    int64
+	RenewFailures int64
+}
+
+// LeaseStats returns the lease counters.
+func (s *Store) LeaseStats() LeaseStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats
+	st.Held = len(s.held)
+	return st
+}
+
 // Changes is signalled whenever shards are gained or lost; the engine
 // then drops the ops of keys it no longer owns and asks Pending for more.
 func (s *Store) Changes() <-chan struct{} { return s.changes }
@@ -215,6 +243,7 @@ func (s *Store) watchDeadlines(ctx context.Context) {
 			dl := s.deadline(l)
 			if !now.Before(dl) {
 				s.log.Warn("lease not renewed in time: stopped working on its shard", "shard", sh, "epoch", l.epoch)
+				s.stats.Expired++
 				s.loseLocked(sh)
 			} else if dl.Before(next) {
 				next = dl
@@ -484,7 +513,9 @@ func (s *Store) decide(leases []leaseItem, nodes []nodeItem, now time.Time) []le
 				count[l.want]++
 				writes = append(writes, leaseWrite{kind: "renew", item: l})
 			default:
-				stale := l.want != "" && (l.want == me || !live[l.want])
+				// A request this node will not grant is dropped: the asker
+				// may then ask another node.
+				stale := l.want != "" && (l.want == me || !live[l.want] || mine-count[l.want] < 2)
 				writes = append(writes, leaseWrite{kind: "renew", item: l, clear: stale})
 			}
 		case l.owner == me:
@@ -494,6 +525,7 @@ func (s *Store) decide(leases []leaseItem, nodes []nodeItem, now time.Time) []le
 			writes = append(writes, leaseWrite{kind: "gain", item: l, clean: l.rel && s.lastEpoch[l.shard] != l.epoch})
 		case h != nil:
 			s.log.Info("lease taken by another node", "shard", l.shard, "owner", l.owner, "epoch", l.epoch)
+			s.stats.Lost++
 			s.loseLocked(l.shard)
 		case l.owner == "":
 			if mine < ceil || sinceChange >= s.cfg.Lease {
@@ -653,9 +685,13 @@ func (s *Store) applyOne(ctx context.Context, w leaseWrite) {
 			// next tick. A lease we held is lost.
 			if h := s.held[l.shard]; h != nil && (w.kind == "renew" || w.kind == "handover") && h.epoch == l.epoch {
 				s.log.Info("lease lost: another node changed it", "shard", l.shard, "epoch", l.epoch)
+				s.stats.Lost++
 				s.loseLocked(l.shard)
 			}
 			return
+		}
+		if w.kind == "renew" {
+			s.stats.RenewFailures++
 		}
 		if ctx.Err() == nil || w.kind != "renew" {
 			s.logEveryLocked("lease write failed", w.kind, l.shard, err)
@@ -674,9 +710,13 @@ func (s *Store) applyOne(ctx context.Context, w leaseWrite) {
 	case "gain":
 		s.gainLocked(l.shard, l.epoch, sent, w.clean)
 	case "take":
+		if l.owner != "" {
+			s.stats.TakenOver++
+		}
 		s.gainLocked(l.shard, l.epoch+1, sent, w.clean)
 	case "handover":
 		s.log.Info("shard handed over", "shard", l.shard, "to", w.to, "clean", w.clean)
+		s.stats.HandedOver++
 		s.loseLocked(l.shard)
 	}
 }
@@ -698,6 +738,10 @@ func (s *Store) gainLocked(shard int, epoch int64, sent time.Time, clean bool) {
 		l.suspectBefore = sent.Add(s.cfg.Lease)
 	}
 	s.held[shard] = l
+	s.stats.Gained++
+	if !clean {
+		s.stats.GainedSuspect++
+	}
 	delete(s.lastEpoch, shard)
 	// Other nodes wrote this shard's key states meanwhile.
 	clear(s.keys)

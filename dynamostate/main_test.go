@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -36,7 +37,14 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer dynamo.Close()
-	return m.Run()
+	code := m.Run()
+	if code != 0 {
+		// The server's own account of a failed run.
+		if log, err := os.ReadFile(filepath.Join(dir, "dynalite.log")); err == nil && len(log) > 0 {
+			fmt.Fprintf(os.Stderr, "--- dynalite.log (last 4 KB):\n%s\n", log[max(0, len(log)-4096):])
+		}
+	}
+	return code
 }
 
 var tableSeq atomic.Int64

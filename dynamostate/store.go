@@ -45,6 +45,7 @@ type Store struct {
 	activity      func() (held, inFlight int)
 	lastComplaint time.Time
 	lastCleanup   time.Time
+	stats         LeaseStats
 	forgetAfter   time.Duration
 
 	handed  map[string]handedOp  // op ID -> where it came from (ops the engine has)
