@@ -139,6 +139,11 @@ func client(ctx context.Context, c *Config) (*dynamodb.Client, error) {
 // caller drops the op; its new owner runs it.
 var ErrLeaseLost = errors.New("the shard's lease is held by another node")
 
+// LeaseLost reports whether err means the write was for a shard this
+// node does not hold (ErrLeaseLost): the engine, which cannot import this
+// package, asks through this method.
+func (s *Store) LeaseLost(err error) bool { return errors.Is(err, ErrLeaseLost) }
+
 // IsTransient reports whether err is a failure of the table that may pass
 // (throttling, a 5xx, the network): the caller retries later.
 func IsTransient(err error) bool {

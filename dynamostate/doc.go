@@ -67,13 +67,16 @@
 // write). Each further attempt (a retry saved with its error) is one more
 // PutItem (2 units), each multipart part one PutItem (1 unit).
 //
-// Background, not per version: every node, every Lease/4 (5 s by
-// default), reads the lease and node items (2 strongly consistent
-// queries), writes its heartbeat and renews each lease it holds (one
-// UpdateItem each: with 32 shards and a 20 s lease, 6.4 writes/s for the
-// whole cluster); finished-op counters are flushed every 5 s (one
-// UpdateItem per rule with news). Pending costs two queries per owned
-// shard each time the engine asks (one per origin).
+// Background, not per version: every node reads the lease and node items
+// every Lease/8 (2.5 s by default; 2 strongly consistent queries of a few
+// KB), and every Lease/4 (5 s) writes its heartbeat and renews each lease
+// it holds (one UpdateItem each: with 32 shards and a 20 s lease, 6.4
+// writes/s for the whole cluster, plus one per node every 5 s);
+// finished-op counters are flushed every 5 s (one UpdateItem per rule
+// with news). Pending costs two queries per owned shard each time the
+// engine asks (one per origin). A dead node's shards are taken over
+// between Lease and Lease + 2 ticks (20 to 25 s by default) after its
+// last renewal.
 //
 // # What a DynamoDB without transactions, TTL or streams means here
 //

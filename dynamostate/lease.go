@@ -19,9 +19,10 @@ import (
 // a clean release or handover (nothing of the previous owner's can still
 // be in flight), want names a node that asks the owner for it.
 //
-// Every node reads all lease items and node items once per tick (Lease/4)
+// Every node reads all lease items and node items once per tick (Lease/8)
 // and then, with a conditional write on the values it read:
-//   - renews the leases it holds (condition: owner and epoch are its own);
+//   - renews the leases it holds every other tick (condition: owner and
+//     epoch are its own);
 //   - takes a free lease (released cleanly, or never owned) at once;
 //   - takes a lease whose counter has not moved for Lease on its own clock
 //     (a dead or cut-off owner) — clocks of different nodes are never
@@ -83,7 +84,19 @@ func (s *Store) margin() time.Duration {
 	return min(max(s.cfg.Lease/4, 2*time.Second), s.cfg.Lease/2)
 }
 
-func (s *Store) every() time.Duration { return s.cfg.Lease / 4 }
+// every is the lease manager's tick: it reads the lease items this often,
+// so that an expired lease is seen (and taken) at most a tick late.
+func (s *Store) every() time.Duration { return s.cfg.Lease / 8 }
+
+// renewEvery is how often a lease is renewed (and the heartbeat written):
+// the writes, which cost more than the reads, go every other tick.
+func (s *Store) renewEvery() time.Duration { return s.cfg.Lease / 4 }
+
+// renewDue reports whether a write made at last is old enough to be made
+// again at this tick.
+func (s *Store) renewDue(last time.Time, now time.Time) bool {
+	return now.Sub(last) >= s.renewEvery()-s.every()/2
+}
 
 func (s *Store) deadline(l *lease) time.Time { return l.renewed.Add(s.cfg.Lease - s.margin()) }
 
@@ -189,7 +202,7 @@ func (s *Store) SetActivity(f func() (held, inFlight int)) {
 }
 
 // Run manages this node's leases until ctx ends: heartbeat, renewals,
-// takeovers and balance, once every Lease/4. Without Release afterwards
+// takeovers and balance, once every Lease/8. Without Release afterwards
 // the leases expire after Lease and other nodes take them over.
 func (s *Store) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
@@ -352,7 +365,7 @@ func (s *Store) step(ctx context.Context) {
 	if s.released.Load() {
 		return
 	}
-	sctx, cancel := context.WithTimeout(ctx, max(s.every(), 500*time.Millisecond))
+	sctx, cancel := context.WithTimeout(ctx, max(s.every(), time.Second))
 	defer cancel()
 	leases, err := s.readLeases(sctx)
 	var nodes []nodeItem
@@ -366,8 +379,12 @@ func (s *Store) step(ctx context.Context) {
 		return
 	}
 	now := time.Now()
-	if err := s.heartbeat(sctx, false); err != nil && ctx.Err() == nil {
-		s.logEvery("cannot write this node's heartbeat", err)
+	if s.renewDue(s.lastBeat, now) {
+		if err := s.heartbeat(sctx, false); err != nil && ctx.Err() == nil {
+			s.logEvery("cannot write this node's heartbeat", err)
+		} else if err == nil {
+			s.lastBeat = now
+		}
 	}
 	writes := s.decide(leases, nodes, now)
 	s.apply(sctx, writes)
@@ -506,17 +523,23 @@ func (s *Store) decide(leases []leaseItem, nodes []nodeItem, now time.Time) []le
 				if s.handoff == nil && !now.Before(h.releaseBy) {
 					h.releaseReady, h.releaseClean = true, false
 				}
-				writes = append(writes, leaseWrite{kind: "renew", item: l})
+				if s.renewDue(h.renewed, now) {
+					writes = append(writes, leaseWrite{kind: "renew", item: l})
+				}
 			case l.want != "" && l.want != me && live[l.want] && mine-count[l.want] >= 2:
 				s.startReleaseLocked(l.shard, h, l.want)
 				mine--
 				count[l.want]++
-				writes = append(writes, leaseWrite{kind: "renew", item: l})
+				if s.renewDue(h.renewed, now) {
+					writes = append(writes, leaseWrite{kind: "renew", item: l})
+				}
 			default:
 				// A request this node will not grant is dropped: the asker
 				// may then ask another node.
 				stale := l.want != "" && (l.want == me || !live[l.want] || mine-count[l.want] < 2)
-				writes = append(writes, leaseWrite{kind: "renew", item: l, clear: stale})
+				if stale || s.renewDue(h.renewed, now) {
+					writes = append(writes, leaseWrite{kind: "renew", item: l, clear: stale})
+				}
 			}
 		case l.owner == me:
 			// The table says it is ours but this process does not hold it

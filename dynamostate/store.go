@@ -45,6 +45,7 @@ type Store struct {
 	activity      func() (held, inFlight int)
 	lastComplaint time.Time
 	lastCleanup   time.Time
+	lastBeat      time.Time
 	stats         LeaseStats
 	forgetAfter   time.Duration
 
