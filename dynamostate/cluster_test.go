@@ -273,7 +273,7 @@ func TestTakeoverAfterCrash(t *testing.T) {
 func TestReleaseHandsOverAtOnce(t *testing.T) {
 	t.Parallel()
 	cfg := newTable(t, 8)
-	cfg.Lease = 4 * time.Second // so that "at once" is clearly not "after the lease"
+	cfg.Lease = 6 * time.Second // so that "at once" is clearly not "after the lease"
 	a := startNode(t, cfg, "a")
 	a.SetHandoff(cleanHandoff)
 	waitFor(t, 5*time.Second, "a holds every shard", func() bool { return len(a.Held()) == 8 })
@@ -364,7 +364,7 @@ func TestCutOffFromTheTable(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
 			cfg := newTable(t, 8)
-			cfg.Lease = 3 * time.Second
+			cfg.Lease = 4 * time.Second
 			proxy := newFaultProxy(t, dynamo.Endpoint)
 			acfg := cfg
 			acfg.Endpoint = proxy.URL()

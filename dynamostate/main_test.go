@@ -57,7 +57,7 @@ func testConfig(t testing.TB, shards int) dynamostate.Config {
 		Table:    fmt.Sprintf("s3replicad-test-%d-%d", time.Now().UnixNano()%1e6, tableSeq.Add(1)),
 		Region:   testenv.Region,
 		Endpoint: dynamo.Endpoint, AccessKeyID: testenv.AccessKey, SecretAccessKey: testenv.SecretKey,
-		Lease: 2 * time.Second, Shards: shards, RequestTimeout: 2 * time.Second,
+		Lease: 3 * time.Second, Shards: shards, RequestTimeout: 2 * time.Second,
 		Logger: testLogger(t),
 	}
 }
