@@ -392,43 +392,58 @@ func TestCutOffFromTheTable(t *testing.T) {
 			waitFor(t, 15*time.Second, "4 shards each", func() bool { return slices.Equal(heldCounts(a, b), []int{4, 4}) })
 			before := a.Held()
 
-			// A blip shorter than the margin: nothing changes hands.
+			// A blip much shorter than the margin: nothing changes hands
+			// (unless the machine is so loaded that a missed its renewals
+			// besides: then it must have given its shards up in time).
 			proxy.set(mode)
 			time.Sleep(cfg.Lease / 5)
 			proxy.set("pass")
 			time.Sleep(cfg.Lease)
 			if got := a.Held(); !slices.Equal(got, before) {
-				t.Fatalf("after a short outage a holds %v, held %v", got, before)
+				if st := a.LeaseStats(); st.Expired == 0 {
+					t.Fatalf("after a short outage a holds %v, held %v (%+v)", got, before, st)
+				}
+				t.Logf("a lost its shards in a short outage on a loaded machine")
+				waitFor(t, 20*time.Second, "4 shards each again", func() bool { return slices.Equal(heldCounts(a, b), []int{4, 4}) })
+				before = a.Held()
 			}
 
-			// A real outage.
-			var deadline time.Time
-			for _, sh := range before {
-				key := keyInShard(a.Store, sh)
-				if dl, ok := a.Owned(key); ok && dl.After(deadline) {
-					deadline = dl
-				}
-			}
+			// A real outage. The deadline is read once the cut is made:
+			// no renewal can succeed after it.
+			expired := a.LeaseStats().Expired
 			drain(a.Changes())
 			cut := time.Now()
 			proxy.set(mode)
-			lost := waitFor(t, cfg.Lease, "a stops owning its shards", func() bool { return len(a.Held()) == 0 })
-			if time.Now().After(deadline.Add(100 * time.Millisecond)) {
-				t.Errorf("a owned shards until %s after the cut, its deadline was %s", lost, deadline.Sub(cut))
+			time.Sleep(50 * time.Millisecond)
+			var deadline time.Time
+			keys := map[int]string{}
+			for _, sh := range before {
+				keys[sh] = keyInShard(a.Store, sh)
+				if dl, ok := a.Owned(keys[sh]); ok && dl.After(deadline) {
+					deadline = dl
+				}
+			}
+			time.Sleep(time.Until(deadline))
+			for sh, key := range keys {
+				if _, ok := a.Owned(key); ok {
+					t.Errorf("a owns shard %d after its deadline", sh)
+				}
+			}
+			if held := a.Held(); len(held) != 0 {
+				t.Errorf("a holds %v after its deadline", held)
 			}
 			select {
 			case <-a.Changes():
-			case <-time.After(100 * time.Millisecond):
+			case <-time.After(time.Second):
 				t.Error("a did not signal that it lost its shards")
 			}
-			if st := a.LeaseStats(); st.Expired < int64(len(before)) {
-				t.Errorf("a's lease stats %+v: want its %d shards expired locally", st, len(before))
-			}
-			took := waitFor(t, cfg.Lease+5*time.Second, "b takes every shard", func() bool { return len(b.Held()) == 8 })
-			t.Logf("cut off (%s): a stopped after %s (deadline %s), b owned all after %s", mode, lost, deadline.Sub(cut), time.Since(cut))
-			_ = took
-			for _, sh := range before {
-				if _, ok := a.Owned(keyInShard(a.Store, sh)); ok {
+			waitFor(t, time.Second, "a counts its shards expired", func() bool {
+				return a.LeaseStats().Expired-expired == int64(len(before))
+			})
+			waitFor(t, cfg.Lease+5*time.Second, "b takes every shard", func() bool { return len(b.Held()) == 8 })
+			t.Logf("cut off (%s): a's deadline %s after the cut, b owned all after %s", mode, deadline.Sub(cut), time.Since(cut))
+			for sh, key := range keys {
+				if _, ok := a.Owned(key); ok {
 					t.Fatalf("a owns shard %d while cut off", sh)
 				}
 			}
