@@ -487,3 +487,38 @@ func drain(ch <-chan struct{}) {
 		}
 	}
 }
+
+// An engine that never answers the handoff does not keep a wanted shard
+// for ever: it goes a lease after the deadline, as a crash would.
+func TestHandoverWhenTheEngineNeverAnswers(t *testing.T) {
+	t.Parallel()
+	cfg := newTable(t, 4)
+	a := startNode(t, cfg, "a")
+	block := make(chan struct{})
+	t.Cleanup(func() { close(block) })
+	asked := make(chan struct{}, 10)
+	a.SetHandoff(func(context.Context, func(string) bool) error { asked <- struct{}{}; <-block; return nil })
+	waitFor(t, 5*time.Second, "a holds every shard", func() bool { return len(a.Held()) == 4 })
+	ctx := context.Background()
+	if _, err := a.Record(ctx, opsPerShard(a.Store, 1, "v1")); err != nil {
+		t.Fatal(err)
+	}
+	b := startNode(t, cfg, "b")
+	exclusive(t, a, b)
+	took := waitFor(t, 3*cfg.Lease+5*time.Second, "2 shards each", func() bool { return slices.Equal(heldCounts(a, b), []int{2, 2}) })
+	t.Logf("handed over after %s without the engine's answer", took)
+	select {
+	case <-asked:
+	default:
+		t.Fatal("the engine was never asked to let go")
+	}
+	handed, _, err := b.Pending(ctx, engine.OriginEvent, 0, 100)
+	if err != nil || len(handed) != 2 {
+		t.Fatalf("b was handed %d, %v", len(handed), err)
+	}
+	for _, op := range handed {
+		if op.WriteStarted.IsZero() {
+			t.Errorf("%s handed over without the engine's word, yet not marked as possibly written", op)
+		}
+	}
+}

@@ -78,6 +78,28 @@
 // between Lease and Lease + 2 ticks (20 to 25 s by default) after its
 // last renewal.
 //
+// # Using it from the engine
+//
+// Beyond engine.StateStore, a node's engine:
+//   - runs Run beside itself, and at a clean stop, once its own Run has
+//     returned (write marks saved), calls Release, then Close;
+//   - asks Pending on a tick and whenever Changes fires (ops recorded by
+//     other nodes arrive only that way; after is ignored, more is a hint);
+//   - after Record, schedules only what Claim returns (ops of its own
+//     shards); the rest wait for their owners;
+//   - calls Current before running an op it got from Pending, and before
+//     running again an op that has WriteStarted: drop it when it is nil or
+//     finished;
+//   - calls Owned before every write to the destination and gives the
+//     write's requests its deadline; when Owned says no, or on Changes,
+//     drops the ops of keys it no longer owns;
+//   - treats a Save that fails with ErrLeaseLost (LeaseLost) as "not mine
+//     any more": drops the op, does not retry it. After a Save of a
+//     completed op fails otherwise, saves it again as completed (the key
+//     state may already name it) rather than putting it back to pending;
+//   - sets SetHandoff (let go of keys cleanly) and SetActivity (what
+//     status shows), and runs Prune on a timer with the retention.
+//
 // # What a DynamoDB without transactions, TTL or streams means here
 //
 // A completion is two writes: the key state first, then the op. A node

@@ -520,7 +520,10 @@ func (s *Store) decide(leases []leaseItem, nodes []nodeItem, now time.Time) []le
 				}
 				writes = append(writes, leaseWrite{kind: "handover", item: l, to: to, clean: h.releaseClean})
 			case h.releasing:
-				if s.handoff == nil && !now.Before(h.releaseBy) {
+				// Without the engine's word, the shard goes at the deadline
+				// (the engine's writes for it carried that deadline); an
+				// engine that never answers does not keep it for ever.
+				if (s.handoff == nil && !now.Before(h.releaseBy)) || now.After(h.releaseBy.Add(s.cfg.Lease)) {
 					h.releaseReady, h.releaseClean = true, false
 				}
 				if s.renewDue(h.renewed, now) {
