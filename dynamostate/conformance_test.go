@@ -38,5 +38,12 @@ func TestConformance(t *testing.T) {
 			}
 			return st.Counts
 		},
+		LateVersions: func(t *testing.T, s engine.StateStore) int64 {
+			st, err := s.(*dynamostate.Store).Status(context.Background(), time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st.LateVersions
+		},
 	})
 }

@@ -33,9 +33,9 @@
 //	lease        "lease"                     shard, %05d     owner, ep, cnt, rel, want, renewed
 //	node         "node"                      node id         host, hb, renewed, started, stopped, leases, held, inflight
 //	op           "o#"+h(rule,bucket,key,v)   "o#"+h(op id)   op (JSON), st, seq, sh, ep; q/qs or dq/dqs
-//	key state    "k#"+h(dest key)            "k"             ks (JSON engine.KeyState), rev, ep, sh, lop, lrep, lfin
+//	key state    "k#"+h(dest key)            "k"             ks (JSON engine.KeyState), rev, ep, sh, lop, lrep, lont, lfin
 //	upload       "u#"+h(op id)               "h" | "p#%05d"  up (JSON header) | part (JSON), ep; header: sh, q/qs
-//	counter      "count"                     rule#slot       rule, completed, skipped, superseded
+//	counter      "count"                     rule#slot       rule, completed, skipped, superseded, late_versions
 //	cursor       "cursor"                    rule            c (JSON engine.Cursor)
 //
 // h is a 120-bit SHA-256 digest (keys stay short whatever the object key).

@@ -18,7 +18,8 @@ import (
 )
 
 // Counters. Pending, in-flight and failed ops are counted exactly from
-// the queue index. Completed, skipped and superseded ops are counted by
+// the queue index. Completed, skipped and superseded ops (and late
+// versions) are counted by
 // each node as it saves them and added to counter items (one per rule and
 // slot; a node writes one slot) every few seconds: a node that dies loses
 // the counts of its last unflushed seconds, and a flush whose answer was
@@ -33,6 +34,21 @@ const flushEvery = 5 * time.Second
 const counterSlots = 8
 
 var countedStates = []engine.State{engine.Completed, engine.Skipped, engine.Superseded}
+
+// stateLate is the counter of late versions written with the newest put
+// back on top (checkpoint's LateVersions); like checkpoint's, it only
+// grows.
+const stateLate engine.State = "late_versions"
+
+// flushedCounters are the counter items' attributes.
+var flushedCounters = append(slices.Clone(countedStates), stateLate)
+
+func (s *Store) countLateLocked(rule string) {
+	if s.counts[rule] == nil {
+		s.counts[rule] = map[engine.State]int64{}
+	}
+	s.counts[rule][stateLate]++
+}
 
 func counted(st engine.State) bool { return slices.Contains(countedStates, st) }
 
@@ -75,7 +91,7 @@ func (s *Store) flushCounters(ctx context.Context, force bool) {
 	for rule, m := range pending {
 		var adds []string
 		vals := map[string]types.AttributeValue{}
-		for i, st := range countedStates {
+		for i, st := range flushedCounters {
 			if m[st] != 0 {
 				adds = append(adds, fmt.Sprintf("%s :v%d", st, i))
 				vals[fmt.Sprintf(":v%d", i)] = num(m[st])
@@ -325,6 +341,9 @@ func (s *Store) Status(ctx context.Context, now time.Time) (*Status, error) {
 			rs.Counts[state] += n
 			st.Counts[state] += n
 		}
+		late := getN(it, string(stateLate))
+		rs.LateVersions += late
+		st.LateVersions += late
 		st.Rules[id] = rs
 	}
 	uploads, err := s.queueItems(ctx, queueUpload)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -279,7 +280,7 @@ func (s *Store) Save(ctx context.Context, op *engine.Op) error {
 	if err != nil {
 		return fmt.Errorf("save %s: %w", op, err)
 	}
-	if op.State == engine.Completed {
+	if keyMoves(op) {
 		if err := s.advanceKey(ctx, op, shard, ep); err != nil {
 			return fmt.Errorf("save %s: %w", op, err)
 		}
@@ -338,6 +339,9 @@ func (s *Store) putOp(ctx context.Context, op *engine.Op, shard int, ep int64) e
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.countLocked(op.Rule, old, op.State)
+	if op.State == engine.Completed && old != engine.Completed && op.Late() {
+		s.countLateLocked(op.Rule)
+	}
 	s.finishedLocked(op)
 	return nil
 }
@@ -379,12 +383,12 @@ func (s *Store) getOpItem(ctx context.Context, op *engine.Op) (map[string]types.
 
 // Key state items: the engine.KeyState of a destination key as JSON (so
 // that fields added to it later are kept), a revision for optimistic
-// updates, the epoch that wrote it, and the op that last moved it with its
-// replica (lop, lrep, lfin), which Current and Prune read.
+// updates, the epoch that wrote it, and the op that last completed on it
+// with its replicas and finish time (lop, lrep, lont, lfin), which Current
+// and Prune read.
 
-// advanceKey moves a destination key's state forward for a completed op,
-// as checkpoint does: the last replica follows every write; the newest
-// sequencer and version move forward only.
+// advanceKey moves a destination key's state forward (advance) with a
+// conditional update on the revision read, fenced by the epoch.
 func (s *Store) advanceKey(ctx context.Context, op *engine.Op, shard int, ep int64) error {
 	dk := op.DestKeyID()
 	pk, sk := opKey(op)
@@ -403,28 +407,43 @@ func (s *Store) advanceKey(ctx context.Context, op *engine.Op, shard int, ep int
 		if err != nil {
 			return err
 		}
-		item := key(keyItemPK(dk), "k")
-		item["ks"], item["rev"], item[attrEpoch], item[attrShard] = str(string(raw)), num(cur.rev+1), num(ep), num(shard)
-		item["lop"] = str(pk + "|" + sk)
-		if op.Replica != "" {
-			item["lrep"] = str(op.Replica)
+		// An update, not a put: the record of the op that last completed
+		// on the key (lop...) stays when a late op's first write moves
+		// the last replica only.
+		sets := []string{"ks = :ks", "rev = :rev1", "ep = :ep", "sh = :sh"}
+		var removes []string
+		vals := map[string]types.AttributeValue{":ks": str(string(raw)), ":rev1": num(cur.rev + 1), ":ep": num(ep), ":sh": num(shard)}
+		if op.State == engine.Completed {
+			fin := op.Finished
+			if fin.IsZero() {
+				fin = time.Now()
+			}
+			sets = append(sets, "lop = :lop", "lfin = :lfin")
+			vals[":lop"], vals[":lfin"] = str(pk+"|"+sk), str(fin.UTC().Format(time.RFC3339Nano))
+			for attr, v := range map[string]string{"lrep": op.Replica, "lont": op.OnTopReplica} {
+				if v != "" {
+					sets = append(sets, attr+" = :"+attr)
+					vals[":"+attr] = str(v)
+				} else {
+					removes = append(removes, attr)
+				}
+			}
 		}
-		fin := op.Finished
-		if fin.IsZero() {
-			fin = time.Now()
+		slices.Sort(removes)
+		update := "SET " + strings.Join(sets, ", ")
+		if len(removes) > 0 {
+			update += " REMOVE " + strings.Join(removes, ", ")
 		}
-		item["lfin"] = str(fin.UTC().Format(time.RFC3339Nano))
-		in := &dynamodb.PutItemInput{TableName: aws.String(s.cfg.Table), Item: item,
-			ExpressionAttributeValues: map[string]types.AttributeValue{}}
+		in := &dynamodb.UpdateItemInput{TableName: aws.String(s.cfg.Table), Key: key(keyItemPK(dk), "k"),
+			UpdateExpression: aws.String(update), ExpressionAttributeValues: vals}
 		if cur.exists {
 			in.ConditionExpression = aws.String("rev = :rev AND ep <= :ep")
-			in.ExpressionAttributeValues[":rev"], in.ExpressionAttributeValues[":ep"] = num(cur.rev), num(ep)
+			vals[":rev"] = num(cur.rev)
 		} else {
 			in.ConditionExpression = aws.String("attribute_not_exists(pk)")
-			in.ExpressionAttributeValues = nil
 		}
 		rctx, cancel := s.request(ctx)
-		_, err = s.db.PutItem(rctx, in)
+		_, err = s.db.UpdateItem(rctx, in)
 		cancel()
 		if err == nil {
 			s.cacheKey(dk, keyCache{ks: next, rev: cur.rev + 1, exists: true})
@@ -450,14 +469,40 @@ func (s *Store) advanceKey(ctx context.Context, op *engine.Op, shard int, ep int
 	}
 }
 
+// keyMoves reports whether saving op moves its destination key's state:
+// a completed op, or a late op whose late version is written (in flight,
+// with its replica) before the newest is put back on top of it.
+func keyMoves(op *engine.Op) bool {
+	return op.State == engine.Completed || lateWritten(op)
+}
+
+func lateWritten(op *engine.Op) bool {
+	return op.State == engine.InFlight && op.Late() && op.Replica != ""
+}
+
+// advance is checkpoint's advanceKey: the last replica follows every
+// write, the newest sequencer and version move forward only, and a late
+// op moves the last replica only (to its late version once written, then
+// to the copy it put on top, which holds the newest version from then on).
 func advance(last engine.KeyState, op *engine.Op) engine.KeyState {
 	next := last
-	if op.Replica != "" {
+	switch {
+	case lateWritten(op):
 		next.LastReplica = engine.VersionDigest(op.Replica)
-	}
-	if (op.Sequencer != "" || last.Sequencer == "") &&
-		(last.Sequencer == "" || event.CompareSequencer(op.Sequencer, last.Sequencer) >= 0) {
-		next.Sequencer, next.Version = op.Sequencer, engine.VersionDigest(op.VersionID)
+	case op.Late():
+		if op.OnTopReplica != "" {
+			next.LastReplica = engine.VersionDigest(op.OnTopReplica)
+		} else if op.Replica != "" {
+			next.LastReplica = engine.VersionDigest(op.Replica)
+		}
+	default:
+		if op.Replica != "" {
+			next.LastReplica = engine.VersionDigest(op.Replica)
+		}
+		if (op.Sequencer != "" || last.Sequencer == "") &&
+			(last.Sequencer == "" || event.CompareSequencer(op.Sequencer, last.Sequencer) >= 0) {
+			next.Sequencer, next.Version = op.Sequencer, engine.VersionDigest(op.VersionID)
+		}
 	}
 	return next
 }
@@ -793,7 +838,7 @@ func (s *Store) repair(ctx context.Context, op *engine.Op) (bool, error) {
 	if err != nil {
 		return false, nil // its owner repairs it
 	}
-	op.State, op.Replica, op.Reason, op.NextAttempt = engine.Completed, getS(item, "lrep"), "", time.Time{}
+	op.State, op.Replica, op.OnTopReplica, op.Reason, op.NextAttempt = engine.Completed, getS(item, "lrep"), getS(item, "lont"), "", time.Time{}
 	if t, err := time.Parse(time.RFC3339Nano, getS(item, "lfin")); err == nil {
 		op.Finished = t
 	} else {

@@ -130,6 +130,23 @@ func TestCurrentFinishesAHalfCompletion(t *testing.T) {
 	if cur, err := n.Current(ctx, o); err != nil || cur.State != engine.Pending || cur.WriteStarted.IsZero() {
 		t.Fatalf("current of an untouched op %+v, %v", cur, err)
 	}
+	// A late op whose late version is written (saved in flight) moves the
+	// key's last replica but is not complete: the copy on top is to come.
+	o.OnTop, o.State, o.Replica = "dest-current", engine.InFlight, "rep-late"
+	if err := n.Save(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	if cur, err := n.Current(ctx, o); err != nil || cur.State != engine.InFlight || cur.Replica != "rep-late" {
+		t.Fatalf("current of a late op half way %+v, %v", cur, err)
+	}
+	o.State, o.OnTopReplica, o.Finished = engine.Completed, "rep-top", time.Now()
+	if err := n.AdvanceKeyOnly(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	o.State, o.OnTopReplica, o.Finished = engine.InFlight, "", time.Time{}
+	if cur, err := n.Current(ctx, o); err != nil || cur.State != engine.Completed || cur.Replica != "rep-late" || cur.OnTopReplica != "rep-top" {
+		t.Fatalf("current of a late op whose completion was cut short %+v, %v", cur, err)
+	}
 	if cur, err := n.Current(ctx, opFor("never", "v")); err != nil || cur != nil {
 		t.Fatalf("current of an op never recorded: %+v, %v", cur, err)
 	}

@@ -28,5 +28,12 @@ func TestCheckpointConforms(t *testing.T) {
 			}
 			return st.Counts
 		},
+		LateVersions: func(t *testing.T, s engine.StateStore) int64 {
+			st, err := s.(*checkpoint.Store).Status(time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st.LateVersions
+		},
 	})
 }

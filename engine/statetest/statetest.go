@@ -31,6 +31,9 @@ type Options struct {
 	// StateCounts returns the counts by state that the backend's status
 	// shows, or nil when it has none.
 	StateCounts func(t *testing.T, s engine.StateStore) map[engine.State]int64
+	// LateVersions returns the late versions the backend's status counts
+	// (checkpoint.Status.LateVersions), or nil when it has none.
+	LateVersions func(t *testing.T, s engine.StateStore) int64
 }
 
 // Cursors is what backfill needs of a store beyond engine.StateStore
@@ -485,8 +488,8 @@ func testLastWritten(t *testing.T, s engine.StateStore, o Options) {
 		op.Sequencer = seqr
 		return op
 	}
-	v2, v1, v3, unseq, failed := mk("v2", "0B"), mk("v1", "0A"), mk("v3", "0C0"), mk("v0", ""), mk("vf", "0D")
-	record(t, s, v2, v1, v3, unseq, failed)
+	v2, v1, v3, unseq, failed, late := mk("v2", "0B"), mk("v1", "0A"), mk("v3", "0C0"), mk("v0", ""), mk("vf", "0D"), mk("vl", "0A5")
+	record(t, s, v2, v1, v3, unseq, failed, late)
 	if _, ok, err := s.LastWritten(ctx(), v1.DestKeyID()); err != nil || ok {
 		t.Fatalf("key state before any write: %v %v", ok, err)
 	}
@@ -531,6 +534,40 @@ func testLastWritten(t *testing.T, s engine.StateStore, o Options) {
 		t.Fatal(err)
 	}
 	expect("failed op", "0C0", "v3", "rep-0")
+	// An op in flight that is not late does not touch the key.
+	inflight := handed["vf"]
+	inflight.State, inflight.Replica, inflight.Finished = engine.InFlight, "half-written", time.Time{}
+	if err := s.Save(ctx(), inflight); err != nil {
+		t.Fatal(err)
+	}
+	expect("op in flight", "0C0", "v3", "rep-0")
+	// A late version (its event came after a newer one's): the last
+	// replica follows its write, saved while it is in flight, then the
+	// copy of the newest put on top; the newest version stays.
+	l := handed["vl"]
+	l.OnTop, l.State = "dest-current", engine.InFlight
+	if err := s.Save(ctx(), l); err != nil {
+		t.Fatal(err)
+	}
+	expect("late op planned", "0C0", "v3", "rep-0")
+	l.Replica = "rep-late"
+	if err := s.Save(ctx(), l); err != nil {
+		t.Fatal(err)
+	}
+	expect("late version written", "0C0", "v3", "rep-late")
+	l.State, l.OnTopReplica, l.Finished = engine.Completed, "rep-on-top", time.Now()
+	if err := s.Save(ctx(), l); err != nil {
+		t.Fatal(err)
+	}
+	expect("newest put back on top", "0C0", "v3", "rep-on-top")
+	if err := s.Save(ctx(), l); err != nil { // saved twice: counted once
+		t.Fatal(err)
+	}
+	if o.LateVersions != nil {
+		if n := o.LateVersions(t, s); n != 1 {
+			t.Fatalf("late versions %d, want 1", n)
+		}
+	}
 	// Other keys are untouched.
 	other := newOp("other-key", "v1")
 	if _, ok, err := s.LastWritten(ctx(), other.DestKeyID()); err != nil || ok {
