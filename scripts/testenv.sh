@@ -21,3 +21,12 @@ if [ ! -f .testenv/sqs/node_modules/local-aws-sqs/package.json ] || \
   npm install --silent --no-audit --no-fund --prefix .testenv/sqs "local-aws-sqs@$LOCAL_SQS_VERSION" >&2
 fi
 cp scripts/sqs-server.mjs .testenv/sqs/sqs-server.mjs
+
+# DynamoDB for the cluster mode's tests: dynalite, in memory.
+DYNALITE_VERSION=4.0.0
+if [ ! -f .testenv/dynalite/node_modules/dynalite/package.json ] || \
+   ! grep -q "\"version\": \"$DYNALITE_VERSION\"" .testenv/dynalite/node_modules/dynalite/package.json; then
+  command -v npm >/dev/null || { echo "testenv: npm is required (install Node.js 18 or later)" >&2; exit 1; }
+  echo "testenv: installing dynalite $DYNALITE_VERSION" >&2
+  npm install --silent --no-audit --no-fund --prefix .testenv/dynalite "dynalite@$DYNALITE_VERSION" >&2
+fi
