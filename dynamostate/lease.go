@@ -120,6 +120,16 @@ func (s *Store) Owned(destKeyID string) (time.Time, bool) {
 	return dl, true
 }
 
+// Leads reports whether this node holds shard 0 now: the one node that
+// reports cluster-wide figures (the pending gauges), so that a sum over the
+// nodes counts them once.
+func (s *Store) Leads() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.held[0]
+	return l != nil && !l.releasing && time.Now().Before(s.deadline(l))
+}
+
 // Shard returns the shard a destination key belongs to.
 func (s *Store) Shard(destKeyID string) int { return shardOf(destKeyID, s.shards) }
 

@@ -66,7 +66,11 @@ type Store struct {
 	}
 }
 
-var _ engine.StateStore = (*Store)(nil)
+var (
+	_ engine.StateStore = (*Store)(nil)
+	_ engine.Cluster    = (*Store)(nil)
+	_ engine.Cluster    = (*Store)(nil)
+)
 
 type handedOp struct {
 	shard  int

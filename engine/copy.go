@@ -139,7 +139,8 @@ func checkNotOverwritten(op *Op, obj *Object) error {
 // learnSize records a size that the event did not carry, keeping the
 // bytes-pending gauge consistent.
 func (e *Engine) learnSize(op *Op, size int64) {
-	if op.Size == size {
+	if op.Size == size || e.m.clusterMode {
+		op.Size = size
 		return
 	}
 	if op.Size > 0 {

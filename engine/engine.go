@@ -80,6 +80,10 @@ type Engine struct {
 	finishing sync.WaitGroup
 	finishers chan struct{}
 
+	// cluster is the state store as a cluster's (nil: one node alone).
+	cluster Cluster
+	cl      clusterState
+
 	started atomic.Bool
 	ready   atomic.Bool
 	loaded  chan struct{}
@@ -173,6 +177,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	names := slices.Sorted(maps.Keys(cfg.Destinations))
 	e.m = newMetrics(cfg.Registerer, e.rules, names, func() float64 {
+		if e.cluster != nil && !e.cluster.Leads() {
+			return 0 // one node reports the cluster's
+		}
 		t, ok, err := e.cfg.State.OldestPending(context.Background())
 		if err != nil || !ok {
 			return 0
@@ -201,6 +208,11 @@ func New(cfg Config) (*Engine, error) {
 	e.sched = newScheduler(cfg.Workers, limits)
 	for _, a := range limits {
 		a.onRaise = e.sched.poke
+	}
+	if c, ok := cfg.State.(Cluster); ok {
+		e.cluster = c
+		e.m.clusterMode = true
+		e.startCluster()
 	}
 	// The window is topped up once half of it is done.
 	e.sched.low, e.sched.onLow = cfg.MaxBacklog/2, func() {
@@ -263,6 +275,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	intakeDone := make(chan struct{})
 	go func() { defer close(intakeDone); e.runIntake(intakeCtx) }()
 	defer func() { stopIntake(); <-intakeDone }()
+	if e.cluster != nil {
+		g.Go(func() error { e.refreshClusterGauges(gctx); return nil })
+	}
 	for i := 0; i < e.cfg.Workers; i++ {
 		g.Go(func() error { e.work(gctx, workCtx); return nil })
 	}
@@ -316,9 +331,15 @@ func (e *Engine) beginRun(ctx context.Context) (bool, error) {
 func (e *Engine) stopCleanly() error {
 	var marked []*Op
 	for _, op := range e.sched.Held() {
-		if !op.WriteStarted.IsZero() {
-			marked = append(marked, op)
+		if op.WriteStarted.IsZero() {
+			continue
 		}
+		if e.cluster != nil {
+			if _, ok := e.cluster.Owned(op.DestKeyID()); !ok {
+				continue // another node's now: it looks for replicas anyway
+			}
+		}
+		marked = append(marked, op)
 	}
 	if len(marked) > 0 {
 		if err := e.cfg.State.SaveAll(context.Background(), marked); err != nil {
@@ -343,8 +364,10 @@ func (e *Engine) load(ctx context.Context, crashed bool) error {
 	}
 	var total int64
 	for rule, n := range ops {
-		e.m.pending.WithLabelValues(rule).Add(float64(n))
-		e.m.bytesPending.WithLabelValues(rule).Add(float64(bytes[rule]))
+		if !e.m.clusterMode {
+			e.m.pending.WithLabelValues(rule).Add(float64(n))
+			e.m.bytesPending.WithLabelValues(rule).Add(float64(bytes[rule]))
+		}
 		total += n
 	}
 	for class := range e.spill {
@@ -391,6 +414,12 @@ func (e *Engine) Retry(ctx context.Context, keys []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	n := len(ops)
+	if e.cluster != nil {
+		// Every node's failed ops are pending again; this node runs its own
+		// and the others find theirs in the table.
+		ops = e.cluster.Claim(ops)
+	}
 	// Retried ops go straight into memory, over the window if need be:
 	// they sit below its edge in the state file.
 	for _, op := range ops {
@@ -400,7 +429,7 @@ func (e *Engine) Retry(ctx context.Context, keys []string) (int, error) {
 		}
 	}
 	e.sched.Add(ops...)
-	return len(ops), nil
+	return n, nil
 }
 
 // Running counts the ops being copied now, by rule.
@@ -658,7 +687,12 @@ func (e *Engine) work(ctx, workCtx context.Context) {
 		if err != nil {
 			return
 		}
-		e.runOp(workCtx, op)
+		opCtx, done, ok := e.mayRun(workCtx, op)
+		if !ok {
+			continue
+		}
+		e.runOp(opCtx, op)
+		done()
 	}
 }
 
@@ -747,6 +781,11 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 // failed handles an op's failed attempt by its class: skipped when the
 // source version is gone, failed when permanent, else tried again later.
 func (e *Engine) failed(ctx context.Context, op *Op, err error, log *slog.Logger) {
+	if e.lostLease(ctx, err) {
+		log.Info("the key's lease went to another node: the operation is left to it", "err", err)
+		e.forget(op)
+		return
+	}
 	if ctx.Err() != nil {
 		// Shutting down: the op stays in flight in the state file and is
 		// reconciled with the destination on the next start.
@@ -855,6 +894,12 @@ func (e *Engine) finish(ctx context.Context, op *Op, s State, reason string) {
 	op.State, op.Reason, op.Finished = s, reason, now
 	op.NextAttempt = time.Time{}
 	if err := e.cfg.State.Save(context.WithoutCancel(ctx), op); err != nil {
+		if e.lostLease(ctx, err) {
+			op.State = prev
+			e.log.Info("the key's lease went to another node before the operation was recorded: it is left to it", "key", op.Key, "version", op.VersionID)
+			e.forget(op)
+			return
+		}
 		// Not durable: keep it pending in memory and try again; on a crash
 		// the copy is found on the destination and not written twice.
 		e.stateFailed(err)
@@ -923,6 +968,10 @@ func (e *Engine) retryLater(ctx context.Context, op *Op, err error, log *slog.Lo
 	op.NextAttempt = time.Now().Add(retry.Policy{Min: e.cfg.BackoffMin, Max: e.cfg.BackoffMax}.Backoff(op.Attempts))
 	log.Warn("copy failed, will retry", "attempt", op.Attempts, "next", op.NextAttempt.Format(time.RFC3339), "err", err)
 	if serr := e.cfg.State.Save(context.WithoutCancel(ctx), op); serr != nil {
+		if e.lostLease(ctx, serr) {
+			e.forget(op)
+			return
+		}
 		// The op stays pending in memory either way; a full disk pauses.
 		e.stateFailed(serr)
 	}

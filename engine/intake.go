@@ -75,10 +75,19 @@ func (e *Engine) runIntake(ctx context.Context) {
 	defer close(e.intakeDone)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	var changes <-chan struct{}
+	if e.cluster != nil {
+		changes = e.cluster.Changes()
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-changes:
+			// Keys gained or lost: drop what is another node's now, and ask
+			// for what is this node's.
+			e.dropLost()
+			e.clusterFill(ctx, true)
 		case req := <-e.records:
 			group := []recordReq{req}
 		more:
@@ -141,6 +150,24 @@ func (e *Engine) recordGroup(ctx context.Context, group []recordReq) {
 // admit counts newly recorded ops and puts into memory those that fit in
 // the window; the rest wait in the state file.
 func (e *Engine) admit(ops []*Op) {
+	if e.cluster != nil {
+		for _, op := range ops {
+			if op.State == Skipped {
+				e.m.skipped.WithLabelValues(op.Rule).Inc()
+			}
+		}
+		// This node runs the ops of its own keys at once; the others wait
+		// in the table for their owners.
+		mine := e.cluster.Claim(ops)
+		for _, op := range mine {
+			e.hold(op)
+			if op.Origin == OriginBackfill {
+				e.backfillOpen.Add(1)
+			}
+		}
+		e.sched.Add(mine...)
+		return
+	}
 	for _, op := range ops {
 		switch op.State {
 		case Pending, InFlight:
@@ -167,6 +194,10 @@ func (e *Engine) admit(ops []*Op) {
 
 // fill tops the window up from the state file: live ops first.
 func (e *Engine) fill(ctx context.Context) {
+	if e.cluster != nil {
+		e.clusterFill(ctx, false)
+		return
+	}
 	for class, origin := range origins {
 		sp := &e.spill[class]
 		room := e.cfg.MaxBacklog - e.sched.Len()

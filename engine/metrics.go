@@ -27,6 +27,7 @@ type metrics struct {
 	oldestPending prometheus.GaugeFunc
 	intakePaused  prometheus.Gauge
 	stateErrors   prometheus.Counter
+	clusterMode   bool
 }
 
 // EventKinds are the label values of s3replicad_events_received_total.
@@ -144,8 +145,12 @@ func newMetrics(reg prometheus.Registerer, rules Rules, dests []string, oldest f
 }
 
 // track moves the pending gauges when an op enters (+1) or leaves (-1) the
-// unfinished set.
+// unfinished set. In cluster mode they are the cluster's, set by one node
+// from the table (see Engine.refreshClusterGauges).
 func (m *metrics) track(op *Op, delta float64) {
+	if m.clusterMode {
+		return
+	}
 	m.pending.WithLabelValues(op.Rule).Add(delta)
 	if op.Size > 0 {
 		m.bytesPending.WithLabelValues(op.Rule).Add(delta * float64(op.Size))

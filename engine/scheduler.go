@@ -339,6 +339,57 @@ func (s *scheduler) Wake(match func(*Op) bool) int {
 	return n
 }
 
+// Drop removes the ops match selects that no worker has (cluster mode:
+// keys handed to another node) and returns them, with the number of
+// matching ops still with a worker.
+func (s *scheduler) Drop(match func(*Op) bool) (dropped []*Op, busy int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, kq := range s.keys {
+		kept := kq.ops[:0]
+		for i, op := range kq.ops {
+			switch {
+			case !match(op):
+				kept = append(kept, op)
+			case i == 0 && kq.busy:
+				kept = append(kept, op)
+				busy++
+			default:
+				dropped = append(dropped, op)
+				s.count--
+				kq.lane.held--
+			}
+		}
+		for i := len(kept); i < len(kq.ops); i++ {
+			kq.ops[i] = nil
+		}
+		if len(kept) == len(kq.ops) {
+			continue
+		}
+		kq.ops = kept
+		if kq.timer != nil {
+			kq.timer.Stop()
+		}
+		kq.waiting = false
+		if len(kq.ops) == 0 {
+			delete(s.keys, id)
+		} else {
+			s.makeReadyLocked(kq) // a new head, with its own time
+		}
+	}
+	if len(dropped) > 0 {
+		s.signalLocked()
+	}
+	return dropped, busy
+}
+
+// Busy is the number of ops with a worker.
+func (s *scheduler) Busy() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.busy
+}
+
 // Running counts the ops with a worker, by rule.
 func (s *scheduler) Running() map[string]int {
 	s.mu.Lock()
