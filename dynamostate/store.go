@@ -69,7 +69,6 @@ type Store struct {
 var (
 	_ engine.StateStore = (*Store)(nil)
 	_ engine.Cluster    = (*Store)(nil)
-	_ engine.Cluster    = (*Store)(nil)
 )
 
 type handedOp struct {
