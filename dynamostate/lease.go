@@ -169,6 +169,18 @@ type LeaseStats struct {
 	RenewFailures int64
 }
 
+// Peers counts the nodes as this node last saw them: Live (itself
+// included) renew their heartbeat; Silent have not renewed it for a lease
+// without stopping cleanly (dead, or cut off from the table).
+type Peers struct{ Live, Silent int }
+
+// Peers returns what this node last saw of the cluster's nodes.
+func (s *Store) Peers() Peers {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peers
+}
+
 // LeaseStats returns the lease counters.
 func (s *Store) LeaseStats() LeaseStats {
 	s.mu.Lock()
@@ -479,6 +491,12 @@ func (s *Store) decide(leases []leaseItem, nodes []nodeItem, now time.Time) []le
 		}
 		if n.id != me && !n.stopped && now.Sub(s.nodeSeen[n.id].at) < s.cfg.Lease {
 			live[n.id] = true
+		}
+	}
+	s.peers = Peers{Live: len(live)}
+	for _, n := range nodes {
+		if n.id != me && !n.stopped && !live[n.id] {
+			s.peers.Silent++
 		}
 	}
 	for id := range s.nodeSeen {

@@ -25,6 +25,7 @@ import (
 
 // Store is the DynamoDB-backed engine.StateStore of one node of a cluster.
 type Store struct {
+	peers  Peers // what the lease manager last saw of the nodes
 	cfg    Config
 	db     *dynamodb.Client
 	log    *slog.Logger
@@ -340,12 +341,19 @@ func (s *Store) putOp(ctx context.Context, op *engine.Op, shard int, ep int64) e
 	}
 	old := engine.State(getS(out.Attributes, attrState))
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.countLocked(op.Rule, old, op.State)
-	if op.State == engine.Completed && old != engine.Completed && op.Late() {
+	late := op.State == engine.Completed && old != engine.Completed && op.Late()
+	if late {
 		s.countLateLocked(op.Rule)
 	}
 	s.finishedLocked(op)
+	s.mu.Unlock()
+	if late {
+		// Each late version made one extra copy on the destination: its
+		// count is what explains them, so it is not left to the periodic
+		// flush, which a node that dies loses.
+		s.flushCounters(ctx, true)
+	}
 	return nil
 }
 

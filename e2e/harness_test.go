@@ -65,8 +65,16 @@ func mainWithEnv(m *testing.M) int {
 		return 1
 	}
 	defer env.Close()
+	defer func() {
+		for _, f := range stopAtExit {
+			f()
+		}
+	}()
 	return m.Run()
 }
+
+// stopAtExit are the servers a test started for the whole run.
+var stopAtExit []func()
 
 var nameSeq atomic.Int64
 

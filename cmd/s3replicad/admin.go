@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/s3replicad/s3replicad/checkpoint"
+	"github.com/s3replicad/s3replicad/dynamostate"
 	"github.com/s3replicad/s3replicad/engine"
 )
 
@@ -34,13 +35,17 @@ func adminSocket(cfg *Config) string { return filepath.Join(cfg.StateDir, AdminS
 
 func adminHandler(r *replicator, bf *backfills) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
-		st, err := r.state.Status(time.Now())
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, req *http.Request) {
+		st, err := r.state.report(req.Context(), time.Now())
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
-		st.WithRunning(r.engine.Running())
+		if st.Nodes == nil {
+			// One node: the ops its workers have count as in flight. A
+			// cluster's nodes report theirs in the node list.
+			st.WithRunning(r.engine.Running())
+		}
 		st.DaemonRunning, st.IntakePaused = true, r.engine.Paused()
 		writeJSON(w, st)
 	})
@@ -192,35 +197,53 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return nil
 }
 
-// status asks the running daemon first, then reads the state file.
-func status(ctx context.Context, cfg *Config) (*checkpoint.Status, error) {
+// status asks the running daemon first, then reads the state file (or,
+// for a cluster, its table).
+func status(ctx context.Context, cfg *Config) (*statusReport, error) {
 	d, err := findDaemon(cfg)
 	if err != nil {
 		return nil, err
 	}
 	if d != nil {
-		st := new(checkpoint.Status)
+		st := new(statusReport)
 		return st, d.call(ctx, http.MethodGet, "/status", nil, st)
+	}
+	if cfg.Cluster != nil {
+		st, err := openClusterHere(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		defer st.Close()
+		return st.report(ctx, time.Now())
 	}
 	exists, err := stateFileExists(cfg)
 	if err != nil {
 		return nil, err
 	}
 	if !exists {
-		return checkpoint.EmptyStatus(time.Now()), nil
+		return &statusReport{Status: *checkpoint.EmptyStatus(time.Now())}, nil
 	}
 	s, err := openLocal(cfg, true)
 	if err != nil {
 		return nil, err
 	}
 	defer s.Close()
-	return s.Status(time.Now())
+	return localState{s}.report(ctx, time.Now())
 }
 
-func printStatus(w io.Writer, st *checkpoint.Status) {
+func printStatus(w io.Writer, st *statusReport) {
 	running := "not running (read from the state file)"
 	if st.DaemonRunning {
 		running = "running"
+	}
+	if st.Nodes != nil {
+		live := 0
+		for _, n := range st.Nodes {
+			if n.Live {
+				live++
+			}
+		}
+		running = fmt.Sprintf("cluster of %d nodes, %d live, %d shards", len(st.Nodes), live, st.Shards)
 	}
 	fmt.Fprintf(w, "daemon:          %s\n", running)
 	for _, s := range engine.States {
@@ -264,6 +287,23 @@ func printStatus(w io.Writer, st *checkpoint.Status) {
 			state = "done"
 		}
 		fmt.Fprintf(w, "backfill %s:  %s, %d versions listed, %d submitted\n", rule, state, c.Listed, c.Submitted)
+	}
+	if len(st.Nodes) > 0 {
+		fmt.Fprintln(w, "\nnodes:")
+		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  NODE\tHOST\tSTATE\tLAST RENEWAL\tLEASES\tOPS HELD\tIN FLIGHT")
+		for _, n := range st.Nodes {
+			state := "live"
+			switch {
+			case n.Stopped:
+				state = "stopped"
+			case !n.Live:
+				state = "SILENT"
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s (%s ago)\t%d\t%d\t%d\n", n.ID, n.Host, state, n.LastRenewal.Format(time.RFC3339),
+				time.Since(n.LastRenewal).Round(time.Second), n.Leases, n.Held, n.InFlight)
+		}
+		tw.Flush()
 	}
 	if len(st.Failed) > 0 {
 		fmt.Fprintln(w, "\nfailed (fix the cause, then `s3replicad retry -all` or `s3replicad retry KEY...`):")
@@ -322,6 +362,17 @@ func retryFailed(ctx context.Context, cfg *Config, keys []string) (int, error) {
 		err := d.call(ctx, http.MethodPost, "/retry", retryRequest{Keys: keys}, &resp)
 		return resp.Retried, err
 	}
+	if cfg.Cluster != nil {
+		// The failed ops become pending in the table: their keys' owners
+		// pick them up.
+		st, err := openClusterHere(ctx, cfg)
+		if err != nil {
+			return 0, err
+		}
+		defer st.Close()
+		ops, err := st.Retry(ctx, keys)
+		return len(ops), err
+	}
 	exists, err := stateFileExists(cfg)
 	if err != nil || !exists {
 		return 0, err
@@ -333,4 +384,19 @@ func retryFailed(ctx context.Context, cfg *Config, keys []string) (int, error) {
 	defer s.Close()
 	ops, err := s.Retry(ctx, keys)
 	return len(ops), err
+}
+
+// openClusterHere opens the cluster's table from a command run where no
+// daemon answers: it needs the cluster section's credentials, read from
+// the whole configuration.
+func openClusterHere(ctx context.Context, cfg *Config) (clusterState, error) {
+	full, err := LoadConfig(cfg.path)
+	if err != nil {
+		return clusterState{}, err
+	}
+	st, err := dynamostate.Open(ctx, full.dynamoConfig(warnLogger(os.Stderr)))
+	if err != nil {
+		return clusterState{}, fmt.Errorf("cluster: %w", err)
+	}
+	return clusterState{st}, nil
 }

@@ -141,7 +141,7 @@ func (b *backfills) backfill(ctx context.Context, p *backfillProgress, rules []e
 	b.update(p, func() { p.Listing = false })
 	// Wait for the copies the backfill queued.
 	for {
-		st, err := r.state.Status(time.Now())
+		st, err := r.state.report(ctx, time.Now())
 		if err != nil {
 			return err
 		}

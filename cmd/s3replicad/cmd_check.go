@@ -12,6 +12,7 @@ import (
 
 	"github.com/aws/smithy-go"
 
+	"github.com/s3replicad/s3replicad/dynamostate"
 	"github.com/s3replicad/s3replicad/engine/s3store"
 	"github.com/s3replicad/s3replicad/engine/sqsqueue"
 )
@@ -99,6 +100,14 @@ func cmdCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		if d.BandwidthLimit > 0 {
 			fmt.Fprintf(stdout, "note: writes to destination %s are limited to %s/s\n", d.Name, humanBytes(int64(d.BandwidthLimit)))
+		}
+	}
+	if cfg.Cluster != nil {
+		dc := cfg.dynamoConfig(warnLogger(stderr))
+		if err := dynamostate.Check(ctx, dc); err != nil {
+			report("cluster.dynamodb.table %s: %v (`s3replicad cluster init` creates it)", dc.Table, brief(err))
+		} else {
+			ok("cluster table %s exists and is ready (lease %s)", dc.Table, cfg.Cluster.Lease.D())
 		}
 	}
 	if _, _, err := net.SplitHostPort(cfg.Listen); err == nil {

@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+
+	"github.com/s3replicad/s3replicad/dynamostate"
 )
 
 type policyDoc struct {
@@ -61,6 +63,13 @@ func buildPolicy(cfg *Config) policyDoc {
 			policyStatement{Sid: "ReadSourceVersions", Effect: "Allow", Action: read, Resource: sortedKeys(objects)},
 			policyStatement{Sid: "ListSourceVersions", Effect: "Allow", Action: []string{"s3:GetBucketVersioning", "s3:ListBucketVersions"}, Resource: sortedKeys(buckets)},
 		)
+	}
+	if cl := cfg.Cluster; cl != nil {
+		// The cluster's table and its indexes; `cluster init` also needs
+		// dynamodb:CreateTable, which the daemon does not.
+		table := fmt.Sprintf("arn:aws:dynamodb:%s:*:table/%s", cl.DynamoDB.Region, cl.DynamoDB.Table)
+		doc.Statement = append(doc.Statement, policyStatement{Sid: "ClusterStateTable", Effect: "Allow",
+			Action: dynamostate.Actions(), Resource: []string{table, table + "/index/*"}})
 	}
 	doc.Statement = append(doc.Statement, policyStatement{
 		Sid: "ConsumeEventQueue", Effect: "Allow",

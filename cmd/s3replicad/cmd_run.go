@@ -14,7 +14,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/s3replicad/s3replicad/checkpoint"
 	"github.com/s3replicad/s3replicad/engine"
 	"github.com/s3replicad/s3replicad/engine/s3store"
 	"github.com/s3replicad/s3replicad/engine/sqsqueue"
@@ -25,7 +24,7 @@ import (
 type replicator struct {
 	cfg    *Config
 	log    *slog.Logger
-	state  *checkpoint.Store
+	state  stateStore
 	source *s3store.Store
 	dests  map[string]*s3store.Store
 	engine *engine.Engine
@@ -59,26 +58,23 @@ func stores(ctx context.Context, cfg *Config, log *slog.Logger) (*s3store.Store,
 	return src, dests, nil
 }
 
-// openState opens the state file for writing, explaining a held lock.
-func openState(cfg *Config, log *slog.Logger) (*checkpoint.Store, error) {
-	st, err := checkpoint.Open(cfg.StateDir, checkpoint.Options{Timeout: 3 * time.Second,
-		Progress: func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...), "component", "state") }})
-	if errors.Is(err, checkpoint.ErrLocked) {
-		return nil, fmt.Errorf("%w: is `s3replicad run` already running with state_dir %s?", err, cfg.StateDir)
-	}
-	return st, err
-}
-
 func newReplicator(ctx context.Context, cfg *Config, log *slog.Logger, rules []engine.Rule, withQueue bool) (*replicator, error) {
 	src, dests, err := stores(ctx, cfg, log)
 	if err != nil {
 		return nil, err
 	}
-	st, err := openState(cfg, log)
+	st, err := openState(ctx, cfg, log)
 	if err != nil {
 		return nil, err
 	}
 	r := &replicator{cfg: cfg, log: log, state: st, source: src, dests: dests, reg: metrics.NewRegistry()}
+	var reg prometheus.Registerer = r.reg
+	if cs, ok := st.(clusterState); ok {
+		// Every node's series carry its id: sums over the nodes count each
+		// copy once; the cluster's pending gauges come from one node.
+		reg = prometheus.WrapRegistererWith(prometheus.Labels{"node": cs.NodeID()}, r.reg)
+		registerClusterMetrics(reg, cs.Store)
+	}
 	ec := engine.Config{
 		Rules: rules, Source: src, Destinations: map[string]engine.Destination{}, State: st,
 		Workers: cfg.Transfer.Workers, Pollers: cfg.Queue.Pollers,
@@ -90,8 +86,8 @@ func newReplicator(ctx context.Context, cfg *Config, log *slog.Logger, rules []e
 		VisibilityTimeout:  cfg.Queue.VisibilityTimeout.D(),
 		OrderWindow:        cfg.Transfer.OrderWindow.D(),
 		DrainTimeout:       max(cfg.ShutdownTimeout.D()-2*time.Second, cfg.ShutdownTimeout.D()/2),
-		StatePath:          st.Path(),
-		Registerer:         r.reg,
+		StatePath:          st.where(),
+		Registerer:         reg,
 		Logger:             log.With("component", "engine"),
 	}
 	for name, d := range dests {
@@ -145,7 +141,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	log.Info("s3replicad starting", "version", version, "listen", srv.Addr(), "admin", adminSocket(cfg), "state", r.state.Path(),
+	log.Info("s3replicad starting", "version", version, "listen", srv.Addr(), "admin", adminSocket(cfg), "state", r.state.where(),
 		"queue", cfg.Queue.URL, "rules", len(cfg.Rules), "workers", cfg.Transfer.Workers,
 		"buffer_memory", humanBytes(int64(cfg.Transfer.BufferMemory)))
 	for name, on := range cfg.ServerSideCopy() {
@@ -166,7 +162,28 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer stopWatchdog()
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return r.engine.Run(gctx) })
+	if cs, ok := r.state.(clusterState); ok {
+		// The leases outlive the engine: once it has stopped (its write
+		// marks saved), they are handed over at once rather than left to
+		// expire.
+		leaseCtx, stopLeases := context.WithCancel(context.WithoutCancel(ctx))
+		leasesDone := make(chan error, 1)
+		go func() { leasesDone <- cs.Run(leaseCtx) }()
+		defer func() { stopLeases(); <-leasesDone }()
+		g.Go(func() error {
+			err := r.engine.Run(gctx)
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if rerr := cs.Release(rctx); rerr != nil {
+				log.Warn("cannot hand this node's keys over; the other nodes take them when its leases expire", "err", rerr)
+			} else {
+				log.Info("this node's keys handed over to the other nodes")
+			}
+			return err
+		})
+	} else {
+		g.Go(func() error { return r.engine.Run(gctx) })
+	}
 	g.Go(func() error { return srv.Run(gctx) })
 	g.Go(func() error { return admin.Run(gctx) })
 	g.Go(func() error { bf.run(gctx); return nil })
@@ -183,7 +200,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 // file, once an hour.
 func (r *replicator) prune(ctx context.Context) {
 	for {
-		n, err := r.state.Prune(time.Now().Add(-r.cfg.Retention.Finished.D()))
+		n, err := r.state.prune(ctx, time.Now().Add(-r.cfg.Retention.Finished.D()))
 		if err != nil {
 			r.log.Warn("pruning the state file failed", "err", err)
 		} else if n > 0 {

@@ -16,6 +16,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/s3replicad/s3replicad/dynamostate"
 	"github.com/s3replicad/s3replicad/engine"
 	"github.com/s3replicad/s3replicad/engine/s3store"
 	"github.com/s3replicad/s3replicad/engine/sqsqueue"
@@ -36,8 +37,11 @@ type Config struct {
 	Rules           []RuleConfig    `yaml:"rules"`
 	Transfer        TransferConfig  `yaml:"transfer"`
 	Retention       RetentionConfig `yaml:"retention"`
-	lines           map[string]int  // key path -> line, for error messages
-	path            string          // file it was read from
+	// Cluster, when set, puts the state in a DynamoDB table that every
+	// node running this configuration shares.
+	Cluster *ClusterConfig `yaml:"cluster"`
+	lines   map[string]int // key path -> line, for error messages
+	path    string         // file it was read from
 }
 
 // LogConfig configures logging.
@@ -120,6 +124,29 @@ type TransferConfig struct {
 	// event, so that an older version of the key whose event crossed it in
 	// the queue is written first rather than late (with a copy on top).
 	OrderWindow Duration `yaml:"order_window"`
+}
+
+// ClusterConfig is the cluster mode: several nodes share the queue and
+// one DynamoDB table.
+type ClusterConfig struct {
+	DynamoDB DynamoDBConfig `yaml:"dynamodb"`
+	// Lease is how long a node that stops renewing keeps its work.
+	Lease Duration `yaml:"lease"`
+	// Shards is the number of leases the work is split into, fixed by
+	// `cluster init` (later values are ignored).
+	Shards int `yaml:"shards"`
+	// NodeID names this node (default: the host name and a random part,
+	// new at every start).
+	NodeID string `yaml:"node_id"`
+}
+
+// DynamoDBConfig is the cluster's table.
+type DynamoDBConfig struct {
+	Table           string `yaml:"table"`
+	Region          string `yaml:"region"`
+	Endpoint        string `yaml:"endpoint"`
+	AccessKeyID     string `yaml:"access_key_id"`
+	SecretAccessKey Secret `yaml:"secret_access_key"`
 }
 
 // RetentionConfig bounds how long finished operations stay in the state file.
@@ -595,6 +622,17 @@ func (c *Config) applyDefaults() {
 	if c.Retention.Finished == 0 {
 		c.Retention.Finished = Duration(14 * 24 * time.Hour)
 	}
+	if cl := c.Cluster; cl != nil {
+		if cl.Lease == 0 {
+			cl.Lease = Duration(dynamostate.DefaultLease)
+		}
+		if cl.Shards == 0 {
+			cl.Shards = dynamostate.DefaultShards
+		}
+		if cl.DynamoDB.Region == "" {
+			cl.DynamoDB.Region = c.Source.Region
+		}
+	}
 }
 
 // loops tells whether a rule writes where it reads: the source bucket on
@@ -768,6 +806,26 @@ func (c *Config) validate() []string {
 	if c.Retention.Finished < Duration(time.Hour) {
 		add("retention.finished", "must be at least 1h")
 	}
+	if cl := c.Cluster; cl != nil {
+		d := cl.DynamoDB
+		if d.Table == "" {
+			add("cluster.dynamodb.table", "is required (the DynamoDB table the nodes share; `s3replicad cluster init` creates it)")
+		}
+		if d.Endpoint != "" && !strings.HasPrefix(d.Endpoint, "https://") && !strings.HasPrefix(d.Endpoint, "http://") {
+			add("cluster.dynamodb.endpoint", "%q is not an http(s) URL", d.Endpoint)
+		}
+		if (d.AccessKeyID == "") != (d.SecretAccessKey == "") {
+			add("cluster.dynamodb.access_key_id", "access_key_id and secret_access_key go together: set both or neither")
+		}
+		if l := cl.Lease.D(); l < 3*time.Second || l > 10*time.Minute {
+			add("cluster.lease", "must be between 3s and 10m")
+		} else if l >= c.Queue.VisibilityTimeout.D() {
+			add("cluster.lease", "must be shorter than queue.visibility_timeout (%s)", c.Queue.VisibilityTimeout.D())
+		}
+		if cl.Shards < 1 || cl.Shards > dynamostate.MaxShards {
+			add("cluster.shards", "must be between 1 and %d", dynamostate.MaxShards)
+		}
+	}
 	return p
 }
 
@@ -840,4 +898,17 @@ func (q QueueConfig) queueConfig(callTimeout time.Duration) sqsqueue.Config {
 		SecretAccessKey: q.SecretAccessKey.Reveal(), WaitTime: q.WaitTime.D(),
 		VisibilityTimeout: q.VisibilityTimeout.D(), CAFile: q.CAFile, CallTimeout: callTimeout,
 	}
+}
+
+// dynamoConfig is the cluster's table for dynamostate.
+func (c *Config) dynamoConfig(log *slog.Logger) dynamostate.Config {
+	cl := c.Cluster
+	host, _ := os.Hostname()
+	id := cl.NodeID
+	if id == "" {
+		id = dynamostate.DefaultNodeID(host)
+	}
+	return dynamostate.Config{Table: cl.DynamoDB.Table, Region: cl.DynamoDB.Region, Endpoint: cl.DynamoDB.Endpoint,
+		AccessKeyID: cl.DynamoDB.AccessKeyID, SecretAccessKey: cl.DynamoDB.SecretAccessKey.Reveal(),
+		NodeID: id, Host: host, Lease: cl.Lease.D(), Shards: cl.Shards, Logger: log}
 }

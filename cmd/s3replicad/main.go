@@ -69,6 +69,7 @@ commands:
   status         show the backlog, failures and backfill progress
   retry          put failed operations back to pending
   restore        write a rule's replica as of a time back into a bucket
+  cluster init   create the DynamoDB table of the cluster mode
   check-config   validate the configuration and check credentials, queue and buckets
   policy         print the IAM policy the source side needs
   version        print version information
@@ -88,6 +89,7 @@ func commands() map[string]command {
 		"status":       cmdStatus,
 		"retry":        cmdRetry,
 		"restore":      cmdRestore,
+		"cluster":      cmdCluster,
 		"check-config": cmdCheckConfig,
 		"policy":       cmdPolicy,
 		"version":      cmdVersion,
