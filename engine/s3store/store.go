@@ -62,6 +62,9 @@ type Config struct {
 	Integrity       string // IntegrityCRC32C (default) or IntegrityMD5
 	// MaxConns bounds idle connections kept per host.
 	MaxConns int
+	// ListPageSize is the most versions asked for per ListObjectVersions
+	// page (0: 1000, S3's most); tests make it small to cross pages.
+	ListPageSize int32
 	// StallTimeout abandons a request with no byte sent or received for
 	// this long (0: DefaultStallTimeout).
 	StallTimeout time.Duration
@@ -86,6 +89,7 @@ type Store struct {
 	endpoint  string
 	region    string
 	integrity string
+	pageSize  int32
 	log       *slog.Logger
 	// noPartChecksums is set once the store has refused a multipart
 	// upload with a checksum algorithm.
@@ -164,7 +168,10 @@ func New(ctx context.Context, c Config) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{client: client, endpoint: c.Endpoint, region: c.Region, integrity: c.Integrity, log: log}, nil
+	if c.ListPageSize <= 0 {
+		c.ListPageSize = 1000
+	}
+	return &Store{client: client, endpoint: c.Endpoint, region: c.Region, integrity: c.Integrity, pageSize: c.ListPageSize, log: log}, nil
 }
 
 // sdkLogger forwards the SDK's warnings to log and drops the rest.
@@ -286,7 +293,7 @@ func (s *Store) Tags(ctx context.Context, bucket, key, versionID string) (map[st
 func (s *Store) ListVersions(ctx context.Context, bucket, prefix, keyMarker, versionMarker string) (engine.VersionPage, error) {
 	out, err := s.client.ListObjectVersions(ctx, &s3.ListObjectVersionsInput{
 		Bucket: &bucket, Prefix: optional(prefix), KeyMarker: optional(keyMarker), VersionIdMarker: optional(versionMarker),
-		MaxKeys: aws.Int32(1000),
+		MaxKeys: aws.Int32(s.pageSize),
 	})
 	if err != nil {
 		return engine.VersionPage{}, classify(err, onDestination)
@@ -296,13 +303,27 @@ func (s *Store) ListVersions(ctx context.Context, bucket, prefix, keyMarker, ver
 		NextVersionIDMarker: aws.ToString(out.NextVersionIdMarker),
 		Truncated:           aws.ToBool(out.IsTruncated),
 	}
+	// S3 lists what comes after the markers: after the version marker, or
+	// after the whole key when there is none. versitygw (1.8.0) includes
+	// the key marker's versions, and starts the next page with the version
+	// the markers name when it is a key's latest. A walker must not see
+	// them twice.
+	repeated := func(key, id *string) bool {
+		return keyMarker != "" && aws.ToString(key) == keyMarker && (versionMarker == "" || aws.ToString(id) == versionMarker)
+	}
 	for _, v := range out.Versions {
+		if repeated(v.Key, v.VersionId) {
+			continue
+		}
 		page.Versions = append(page.Versions, engine.Version{
 			Key: aws.ToString(v.Key), VersionID: versionOrEmpty(v.VersionId), ETag: strings.Trim(aws.ToString(v.ETag), `"`),
 			Size: aws.ToInt64(v.Size), IsLatest: aws.ToBool(v.IsLatest), LastModified: aws.ToTime(v.LastModified),
 		})
 	}
 	for _, d := range out.DeleteMarkers {
+		if repeated(d.Key, d.VersionId) {
+			continue
+		}
 		page.Versions = append(page.Versions, engine.Version{
 			Key: aws.ToString(d.Key), VersionID: versionOrEmpty(d.VersionId), IsLatest: aws.ToBool(d.IsLatest),
 			DeleteMarker: true, LastModified: aws.ToTime(d.LastModified),
