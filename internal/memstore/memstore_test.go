@@ -34,7 +34,9 @@ func TestConformance(t *testing.T) {
 }
 
 // faults answers as the S3 adapter classifies each fault.
-type faults struct{ on atomic.Pointer[storetest.Fault] }
+type faults struct {
+	on atomic.Pointer[storetest.Fault]
+}
 
 func (f *faults) Set(k storetest.Fault) { f.on.Store(&k) }
 func (f *faults) Clear()                { f.on.Store(nil) }
