@@ -109,8 +109,8 @@ type worldOpts struct {
 	// The S3 servers behind the source and the destination: versitygw
 	// when empty, or testenv.MinIO.
 	srcStore, dstStore testenv.Kind
-	stateDir          string // default: a temporary directory
-	waitTime          string // queue.wait_time (default 1s)
+	stateDir           string // default: a temporary directory
+	waitTime           string // queue.wait_time (default 1s)
 }
 
 const defaultRules = `
