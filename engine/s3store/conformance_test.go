@@ -55,8 +55,9 @@ func harness(t *testing.T, srv *testenv.Server, q storetest.Quirks) storetest.Ha
 	run := time.Now().UnixNano() % 1e6
 	bucket := fmt.Sprintf("st-%d-%d", run, bucketSeq.Add(1))
 	other := fmt.Sprintf("st-%d-%d", run, bucketSeq.Add(1))
-	for _, b := range []string{bucket, other} {
-		if err := testenv.CreateBucket(ctx, admin, b, true); err != nil {
+	plain := fmt.Sprintf("st-%d-%d", run, bucketSeq.Add(1))
+	for _, b := range []string{bucket, other, plain} {
+		if err := testenv.CreateBucket(ctx, admin, b, b != plain); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -74,7 +75,7 @@ func harness(t *testing.T, srv *testenv.Server, q storetest.Quirks) storetest.Ha
 	}
 	t.Cleanup(proxy.Close)
 	return storetest.Harness{
-		Store: store(srv.URL, testenv.SecretKey, 0), Bucket: bucket, Other: other,
+		Store: store(srv.URL, testenv.SecretKey, 0), Bucket: bucket, Other: other, Unversioned: plain,
 		Denied: store(srv.URL, "not-"+testenv.SecretKey, 0),
 		// A short stall timeout, so that a stalled request fails fast.
 		Faulty: store(proxy.URL(), testenv.SecretKey, time.Second),

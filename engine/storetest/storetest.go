@@ -34,8 +34,8 @@ type Harness struct {
 	// Store is the implementation under test.
 	Store engine.ObjectStore
 	// Bucket and Other are versioned buckets of Store, empty, for this
-	// test alone.
-	Bucket, Other string
+	// test alone; Unversioned is one that never had versioning.
+	Bucket, Other, Unversioned string
 	// Denied is Store as seen by a client whose credentials it refuses.
 	Denied engine.ObjectStore
 	// Faulty is Store reached through Faults.
@@ -114,6 +114,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"Integrity", testIntegrity},
 		{"Listing", testListing},
 		{"DeleteMarkers", testDeleteMarkers},
+		{"NullVersions", testNullVersions},
 		{"Multipart", testMultipart},
 		{"MultipartAbort", testMultipartAbort},
 		{"Copy", testCopy},
@@ -590,6 +591,58 @@ func testDeleteMarkers(t *testing.T, h Harness) {
 		}
 	} else if v == "" || len(vs) != 1 || !vs[0].DeleteMarker || vs[0].VersionID != v {
 		t.Fatalf("a marker on a key without versions: returned %q, listed %+v; S3 writes a marker", v, vs)
+	}
+}
+
+// A bucket without versioning keeps one version of a key, the null
+// version, which each write replaces: the engine copies it pinned by its
+// ETag (contract, guarantee 8), so reads and copies of anything else must
+// fail with ErrChanged.
+func testNullVersions(t *testing.T, h Harness) {
+	ctx := ctxOf(t)
+	b := h.Unversioned
+	first, second := []byte("first"), []byte("second!")
+	v, err := h.Store.Put(ctx, b, "k", engine.ObjectMeta{Tags: map[string]string{"n": "1"}}, Payload(first))
+	must(t, err)
+	if v != "" && v != "null" {
+		t.Fatalf("Put into a bucket without versioning returned version id %q", v)
+	}
+	pin := engine.VersionRef{Bucket: b, Key: "k", IfMatch: md5Hex(first)}
+	if obj, got := read(t, h, pin, nil); !bytes.Equal(got, first) || obj.VersionID != "" && obj.VersionID != "null" {
+		t.Fatalf("pinned read: %q, version %q", got, obj.VersionID)
+	}
+	_, err = h.Store.Put(ctx, b, "k", engine.ObjectMeta{Tags: map[string]string{"n": "2"}}, Payload(second))
+	must(t, err)
+	_, err = h.Store.Get(ctx, pin, nil)
+	if !errors.Is(err, engine.ErrChanged) {
+		t.Fatalf("a read pinned to the replaced content: %v, want ErrChanged", err)
+	}
+	// The engine's first read of an object is its byte 0.
+	_, err = h.Store.Get(ctx, pin, &engine.ByteRange{First: 0, Last: 0})
+	if !errors.Is(err, engine.ErrChanged) {
+		t.Fatalf("a ranged read pinned to the replaced content: %v, want ErrChanged", err)
+	}
+	pin.IfMatch = md5Hex(second)
+	if _, got := read(t, h, pin, nil); !bytes.Equal(got, second) {
+		t.Fatalf("read pinned to the current content: %q", got)
+	}
+	if tags := tagsOf(t, h, b, "k", ""); !maps.Equal(tags, map[string]string{"n": "2"}) {
+		t.Fatalf("tags of the null version %v, want the second write's", tags)
+	}
+	vs := walk(t, h, b, "k")
+	if len(vs) != 1 || vs[0].VersionID != "" || !vs[0].IsLatest || vs[0].Size != int64(len(second)) || vs[0].ETag != md5Hex(second) {
+		t.Fatalf("listing of a key without versioning: %+v, want one null version (id \"\") of the second write", vs)
+	}
+	if cp, ok := h.Store.(engine.ServerSideCopier); ok {
+		_, err = cp.Copy(ctx, engine.VersionRef{Bucket: b, Key: "k", IfMatch: md5Hex(first)}, h.Other, "k", engine.ObjectMeta{})
+		if !errors.Is(err, engine.ErrChanged) {
+			t.Fatalf("a copy pinned to the replaced content: %v, want ErrChanged", err)
+		}
+		v, err := cp.Copy(ctx, pin, h.Other, "k", engine.ObjectMeta{})
+		must(t, err)
+		if _, got := read(t, h, engine.VersionRef{Bucket: h.Other, Key: "k", VersionID: v}, nil); !bytes.Equal(got, second) {
+			t.Fatalf("copy of the null version holds %q", got)
+		}
 	}
 }
 

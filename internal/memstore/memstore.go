@@ -55,6 +55,7 @@ type data struct {
 	mu       sync.Mutex
 	open     bool                 // every bucket exists
 	buckets  map[string]bool      // when not open
+	plain    map[string]bool      // buckets without versioning
 	versions map[string][]Version // bucket + "/" + key -> oldest first
 	uploads  map[string]*upload
 	seq      int
@@ -81,7 +82,7 @@ var (
 // New returns an empty store holding the given buckets, versioned; with
 // none, every bucket exists (what most engine tests want).
 func New(buckets ...string) *Store {
-	d := &data{open: len(buckets) == 0, buckets: map[string]bool{}, versions: map[string][]Version{}, uploads: map[string]*upload{}}
+	d := &data{open: len(buckets) == 0, buckets: map[string]bool{}, plain: map[string]bool{}, versions: map[string][]Version{}, uploads: map[string]*upload{}}
 	for _, b := range buckets {
 		d.buckets[b] = true
 	}
@@ -92,6 +93,14 @@ func New(buckets ...string) *Store {
 func (m *Store) CreateBucket(name string) {
 	m.d.mu.Lock()
 	m.d.buckets[name] = true
+	m.d.mu.Unlock()
+}
+
+// CreateUnversionedBucket adds a bucket without versioning: each write
+// replaces the key's one version, the null version (id "").
+func (m *Store) CreateUnversionedBucket(name string) {
+	m.d.mu.Lock()
+	m.d.buckets[name], m.d.plain[name] = true, true
 	m.d.mu.Unlock()
 }
 
@@ -158,7 +167,11 @@ func (m *Store) wrote(v Version) {
 
 func (d *data) addLocked(bucket, key string, v Version) Version {
 	d.seq++
-	if v.ID == "" {
+	switch {
+	case d.plain[bucket]:
+		v.ID = ""
+		delete(d.versions, bucket+"/"+key) // the null version is replaced
+	case v.ID == "":
 		v.ID = fmt.Sprintf("v%04d", d.seq)
 	}
 	if v.At.IsZero() {

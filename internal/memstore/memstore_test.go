@@ -16,10 +16,11 @@ import (
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) storetest.Harness {
 		m := memstore.New("bucket", "other")
+		m.CreateUnversionedBucket("plain")
 		m.PageSize = 4
 		f := &faults{}
 		return storetest.Harness{
-			Store: m, Bucket: "bucket", Other: "other",
+			Store: m, Bucket: "bucket", Other: "other", Unversioned: "plain",
 			Denied: m.Denied(),
 			Faulty: m.WithFault(f.err), Faults: f,
 			DeleteVersion: func(_ context.Context, bucket, key, id string) error {
