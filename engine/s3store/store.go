@@ -8,8 +8,10 @@ import (
 	"context"
 	"crypto/md5"
 	"encoding/base64"
+	"encoding/xml"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -291,10 +293,11 @@ func (s *Store) Tags(ctx context.Context, bucket, key, versionID string) (map[st
 // ListVersions implements engine.Source: one page, versions and delete
 // markers merged in S3's order (key ascending, newest first).
 func (s *Store) ListVersions(ctx context.Context, bucket, prefix, keyMarker, versionMarker string) (engine.VersionPage, error) {
+	var raw []byte
 	out, err := s.client.ListObjectVersions(ctx, &s3.ListObjectVersionsInput{
 		Bucket: &bucket, Prefix: optional(prefix), KeyMarker: optional(keyMarker), VersionIdMarker: optional(versionMarker),
 		MaxKeys: aws.Int32(s.pageSize),
-	})
+	}, keepBody(&raw))
 	if err != nil {
 		return engine.VersionPage{}, classify(err, onDestination)
 	}
@@ -330,6 +333,11 @@ func (s *Store) ListVersions(ctx context.Context, bucket, prefix, keyMarker, ver
 		})
 	}
 	if len(out.DeleteMarkers) > 0 {
+		// The SDK hands versions and delete markers over as two lists;
+		// the answer interleaves them in order. Times cannot merge them:
+		// S3 gives whole seconds, MinIO milliseconds, and two writes can
+		// share one.
+		place := listedOrder(raw)
 		sort.SliceStable(page.Versions, func(i, j int) bool {
 			a, b := page.Versions[i], page.Versions[j]
 			if a.Key != b.Key {
@@ -338,10 +346,68 @@ func (s *Store) ListVersions(ctx context.Context, bucket, prefix, keyMarker, ver
 			if a.IsLatest != b.IsLatest {
 				return a.IsLatest
 			}
+			pa, okA := place[[2]string{a.Key, a.VersionID}]
+			pb, okB := place[[2]string{b.Key, b.VersionID}]
+			if okA && okB {
+				return pa < pb
+			}
 			return a.LastModified.After(b.LastModified)
 		})
 	}
 	return page, nil
+}
+
+// keepBody keeps a successful answer's body in *dst, for reading beside
+// the SDK's own decoding of it.
+func keepBody(dst *[]byte) func(*s3.Options) {
+	return s3.WithAPIOptions(func(st *middleware.Stack) error {
+		// Last in the deserialize step: next to the transport, before the
+		// SDK's decoder reads the body.
+		return st.Deserialize.Add(middleware.DeserializeMiddlewareFunc("s3replicad:keepBody",
+			func(ctx context.Context, in middleware.DeserializeInput, next middleware.DeserializeHandler) (middleware.DeserializeOutput, middleware.Metadata, error) {
+				out, md, err := next.HandleDeserialize(ctx, in)
+				resp, ok := out.RawResponse.(*smithyhttp.Response)
+				if err != nil || !ok || resp.StatusCode != http.StatusOK {
+					return out, md, err
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil {
+					return out, md, err
+				}
+				*dst = b
+				resp.Body = io.NopCloser(bytes.NewReader(b))
+				return out, md, nil
+			}), middleware.After)
+	})
+}
+
+// listedOrder returns the place of each Version and DeleteMarker entry
+// (by key and version id, "" for null) in a ListObjectVersions answer.
+func listedOrder(body []byte) map[[2]string]int {
+	place := map[[2]string]int{}
+	dec := xml.NewDecoder(bytes.NewReader(body))
+	depth := 0
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return place
+		}
+		switch t := tok.(type) {
+		case xml.StartElement:
+			if depth == 1 && (t.Name.Local == "Version" || t.Name.Local == "DeleteMarker") {
+				var e struct{ Key, VersionId string }
+				if dec.DecodeElement(&e, &t) != nil {
+					return place
+				}
+				place[[2]string{e.Key, versionOrEmpty(&e.VersionId)}] = len(place)
+				continue
+			}
+			depth++
+		case xml.EndElement:
+			depth--
+		}
+	}
 }
 
 func versionOrEmpty(v *string) string {
