@@ -50,9 +50,9 @@ type Env struct {
 	mu    sync.Mutex
 
 	// The MinIO server, started by the first call of MinIO.
-	minioOnce sync.Mutex
-	minioURL  string
-	minioErr  error
+	minioMu  sync.Mutex
+	minioURL string
+	minioErr error
 }
 
 // Kind is an S3 server implementation the tests run against.
@@ -274,8 +274,8 @@ func zombie(pid int) bool {
 // the first call (about half a second): tests that use it share it, each
 // with its own buckets.
 func (e *Env) MinIO() (string, error) {
-	e.minioOnce.Lock()
-	defer e.minioOnce.Unlock()
+	e.minioMu.Lock()
+	defer e.minioMu.Unlock()
 	if e.minioURL == "" && e.minioErr == nil {
 		e.minioURL, e.minioErr = e.startMinIOInstalled()
 	}
