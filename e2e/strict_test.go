@@ -300,7 +300,9 @@ func (w *world) checkSuperseded(missing []missingVersion) {
 		src, err := listVersions(w, w.src, w.srcBucket, key)
 		must(w.t, err)
 		superseded := 0
-		for _, v := range src {
+		replicas := map[string]bool{}
+		for i := len(src) - 1; i >= 0; i-- { // oldest first
+			v := src[i]
 			if !v.marker {
 				continue
 			}
@@ -309,13 +311,16 @@ func (w *world) checkSuperseded(missing []missingVersion) {
 			if len(ops) != 1 {
 				continue
 			}
-			// versitygw, unlike S3, makes no marker when the key has no
-			// version on the destination (an earlier version superseded):
-			// the delete then returns no version id, and the key is absent
-			// there as it is on the source.
-			if ops[0].State == engine.Superseded || ops[0].State == engine.Completed && ops[0].Replica == "" {
+			// versitygw and MinIO, unlike S3, make no marker when the key
+			// has no version on the destination (an earlier version
+			// superseded): the delete then returns no version id, and the
+			// key is absent there as it is on the source. MinIO makes none
+			// either on top of a marker (the version between them
+			// superseded): the delete returns that marker's id.
+			if ops[0].State == engine.Superseded || ops[0].State == engine.Completed && (ops[0].Replica == "" || replicas[ops[0].Replica]) {
 				superseded++
 			}
+			replicas[ops[0].Replica] = true
 		}
 		if superseded != n {
 			w.t.Errorf("%s: %d delete markers have no replica, %d were superseded", key, n, superseded)
