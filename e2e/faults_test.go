@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/s3replicad/s3replicad/internal/faultproxy"
+	"github.com/s3replicad/s3replicad/internal/testenv"
 )
 
 // markerRules replicate delete markers, so that faults hit them too.
@@ -74,22 +75,39 @@ func TestFaults(t *testing.T) {
 	for _, c := range faultCases() {
 		t.Run(c.side+"/"+c.name, func(t *testing.T) {
 			t.Parallel()
-			runFault(t, c)
+			runFault(t, c, "")
 		})
+		// The source's and the destination's cases again with MinIO on
+		// the faulty side (the queue's do not involve the store).
+		if c.side != "queue" {
+			t.Run("minio/"+c.side+"/"+c.name, func(t *testing.T) {
+				t.Parallel()
+				runFault(t, c, testenv.MinIO)
+			})
+		}
 	}
 }
 
-func runFault(t *testing.T, c faultCase) {
+// runFault runs a case with store (versitygw when empty) on the faulty
+// side and versitygw on the other.
+func runFault(t *testing.T, c faultCase, store testenv.Kind) {
+	o := worldOpts{rules: markerRules, transfer: faultTransfer, visibility: "5s"}
+	switch c.side {
+	case "source":
+		o.srcStore = store
+	case "destination":
+		o.dstStore = store
+	}
+	targets := map[string]string{"source": storeURL(t, o.srcStore, "source"), "destination": storeURL(t, o.dstStore, "destination"), "queue": env.SQS}
 	proxies := map[string]*faultproxy.Proxy{}
-	for _, side := range []string{"source", "destination", "queue"} {
-		target := map[string]string{"source": env.Source, "destination": env.Destination, "queue": env.SQS}[side]
+	for side, target := range targets {
 		p, err := faultproxy.Start(target)
 		must(t, err)
 		t.Cleanup(p.Close)
 		proxies[side] = p
 	}
-	w := newWorld(t, worldOpts{rules: markerRules, transfer: faultTransfer, visibility: "5s",
-		srcEndpoint: proxies["source"].URL(), dstEndpoint: proxies["destination"].URL(), sqsEndpoint: proxies["queue"].URL()})
+	o.srcEndpoint, o.dstEndpoint, o.sqsEndpoint = proxies["source"].URL(), proxies["destination"].URL(), proxies["queue"].URL()
+	w := newWorld(t, o)
 	d := w.start()
 	p := proxies[c.side]
 	p.Set(c.fault)

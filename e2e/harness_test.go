@@ -1,5 +1,6 @@
 // Package e2e drives the real s3replicad binary against real local S3
-// (versitygw) and SQS (local-aws-sqs) servers.
+// (versitygw, and MinIO where a test asks for it) and SQS (local-aws-sqs)
+// servers.
 package e2e
 
 import (
@@ -115,8 +116,11 @@ type worldOpts struct {
 	// unversionedSource puts the source bucket on the server without
 	// versioning support.
 	unversionedSource bool
-	stateDir          string // default: a temporary directory
-	waitTime          string // queue.wait_time (default 1s)
+	// The S3 servers behind the source and the destination: versitygw
+	// when empty, or testenv.MinIO.
+	srcStore, dstStore testenv.Kind
+	stateDir           string // default: a temporary directory
+	waitTime           string // queue.wait_time (default 1s)
 }
 
 const defaultRules = `
@@ -131,10 +135,11 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	w := &world{t: t, ctx: ctx, src: testenv.S3(env.Source), dst: testenv.S3(env.Destination), dir: t.TempDir()}
-	destEndpoint := env.Destination
+	srcURL, dstURL := storeURL(t, o.srcStore, "source"), storeURL(t, o.dstStore, "destination")
+	w := &world{t: t, ctx: ctx, src: testenv.S3(srcURL), dst: testenv.S3(dstURL), dir: t.TempDir()}
+	destEndpoint := dstURL
 	if o.sameEndpoint {
-		w.dst, destEndpoint = w.src, env.Source
+		w.dst, destEndpoint = w.src, srcURL
 	}
 	w.srcBucket, w.dstBucket = uniqueName("src"), uniqueName("dst")
 	if o.unversionedSource {
@@ -159,7 +164,7 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	if o.transfer == "" {
 		o.transfer = "  workers: 8\n"
 	}
-	srcEndpoint, sqsEndpoint := env.Source, env.SQS
+	srcEndpoint, sqsEndpoint := srcURL, env.SQS
 	if o.srcEndpoint != "" {
 		srcEndpoint = o.srcEndpoint
 	}
@@ -212,6 +217,21 @@ transfer:
 	w.configPath = filepath.Join(w.dir, "config.yaml")
 	must(t, os.WriteFile(w.configPath, []byte(cfg), 0o600))
 	return w
+}
+
+// storeURL is the URL of the server of kind k that plays role ("source"
+// or "destination"); MinIO is started on first use. Under CI a MinIO that
+// is not installed fails the test.
+func storeURL(t *testing.T, k testenv.Kind, role string) string {
+	t.Helper()
+	u, err := env.Endpoint(k, role)
+	if err != nil {
+		if errors.Is(err, testenv.ErrNotInstalled) && os.Getenv("CI") != "true" {
+			t.Skip(err)
+		}
+		t.Fatal(err)
+	}
+	return u
 }
 
 func freeAddr(t *testing.T) string {

@@ -37,22 +37,35 @@ func envInt(t *testing.T, name string, def int) int {
 // kills (10 by default; `make soak` runs 50) and restarts, the destination
 // must be an exact replica of the source with its complete history (every
 // source version replicated, the extra copies only of the newest on top of
-// a late one), with nothing failed.
+// a late one), with nothing failed. It runs on versitygw, and with MinIO
+// as both source and destination.
 func TestKillLoop(t *testing.T) {
 	t.Parallel()
+	t.Run("versitygw", func(t *testing.T) {
+		t.Parallel()
+		killLoop(t, "")
+	})
+	t.Run("minio", func(t *testing.T) {
+		t.Parallel()
+		killLoop(t, testenv.MinIO)
+	})
+}
+
+func killLoop(t *testing.T, store testenv.Kind) {
 	kills := envInt(t, "S3REPLICAD_KILLS", 10)
 	seed := uint64(envInt(t, "S3REPLICAD_KILL_SEED", int(time.Now().UnixNano()%1e9)))
 	t.Logf("kill loop: %d kills, seed %d (S3REPLICAD_KILL_SEED=%d replays it)", kills, seed, seed)
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
 
-	proxy, err := faultproxy.Start(env.Destination)
+	proxy, err := faultproxy.Start(storeURL(t, store, "destination"))
 	must(t, err)
 	t.Cleanup(proxy.Close)
 	proxy.Set(faultproxy.Fault{Kind: faultproxy.Latency, Delay: 15 * time.Millisecond})
 	// Short polls: local-aws-sqs holds a long poll until it has ten
 	// messages, so a kill would leave many more messages in flight than
 	// SQS, which answers as soon as it has any.
-	w := newWorld(t, worldOpts{rules: markerRules, transfer: faultTransfer, visibility: "5s", waitTime: "0s", dstEndpoint: proxy.URL()})
+	w := newWorld(t, worldOpts{rules: markerRules, transfer: faultTransfer, visibility: "5s", waitTime: "0s", dstEndpoint: proxy.URL(),
+		srcStore: store, dstStore: store})
 
 	// The writer's choices come from their own generator, seeded from the
 	// test's, so that the kills' timing does not change the workload.

@@ -1,13 +1,9 @@
 package engine_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"hash/crc32"
-	"io"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,159 +13,6 @@ import (
 	"github.com/s3replicad/s3replicad/engine"
 	"github.com/s3replicad/s3replicad/internal/testenv"
 )
-
-// memStore is a tiny versioned object store behind the engine's interfaces.
-type memStore struct {
-	mu       sync.Mutex
-	versions map[string][]memVersion // bucket/key -> oldest first
-	seq      int
-	afterPut func() // called after a successful write
-	puts     atomic.Int32
-	copies   atomic.Int32 // Copy calls (inside the store)
-}
-
-type memVersion struct {
-	id     string
-	body   []byte
-	meta   engine.ObjectMeta
-	marker bool
-	at     time.Time
-}
-
-var _ engine.ObjectStore = (*memStore)(nil)
-
-func newMem() *memStore { return &memStore{versions: map[string][]memVersion{}} }
-
-func (m *memStore) add(bucket, key string, v memVersion) string {
-	m.mu.Lock()
-	m.seq++
-	v.id = fmt.Sprintf("v%04d", m.seq)
-	v.at = time.Now()
-	m.versions[bucket+"/"+key] = append(m.versions[bucket+"/"+key], v)
-	m.mu.Unlock()
-	if !v.marker && m.afterPut != nil {
-		m.afterPut()
-	}
-	m.puts.Add(1)
-	return v.id
-}
-
-func (m *memStore) find(bucket, key, id string) (memVersion, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, v := range m.versions[bucket+"/"+key] {
-		if v.id == id {
-			return v, true
-		}
-	}
-	return memVersion{}, false
-}
-
-func (m *memStore) Get(_ context.Context, ref engine.VersionRef, r *engine.ByteRange) (*engine.Object, error) {
-	id := ref.VersionID
-	v, ok := m.find(ref.Bucket, ref.Key, id)
-	if !ok || v.marker {
-		return nil, &engine.Error{Class: engine.Gone, Reason: engine.ReasonSourceMissing, Err: errors.New("NoSuchVersion")}
-	}
-	body := v.body
-	if r != nil {
-		body = body[r.First:min(r.Last+1, int64(len(body)))]
-	}
-	return &engine.Object{ObjectMeta: v.meta, Size: int64(len(v.body)), VersionID: id, TagCount: len(v.meta.Tags), Body: io.NopCloser(bytes.NewReader(body))}, nil
-}
-
-func (m *memStore) Tags(_ context.Context, bucket, key, id string) (map[string]string, error) {
-	v, _ := m.find(bucket, key, id)
-	return v.meta.Tags, nil
-}
-
-func (m *memStore) ListVersions(context.Context, string, string, string, string) (engine.VersionPage, error) {
-	return engine.VersionPage{}, nil
-}
-
-func (m *memStore) Put(_ context.Context, bucket, key string, meta engine.ObjectMeta, body engine.Payload) (string, error) {
-	if crc32.Checksum(body.Data, crc32.MakeTable(crc32.Castagnoli)) != body.CRC32C {
-		return "", &engine.Error{Class: engine.Transient, Reason: engine.ReasonIntegrity, Err: errors.New("BadDigest")}
-	}
-	return m.add(bucket, key, memVersion{body: bytes.Clone(body.Data), meta: meta}), nil
-}
-
-func (m *memStore) CreateMultipart(context.Context, string, string, engine.ObjectMeta, bool) (string, string, error) {
-	return "", "", errors.New("not used")
-}
-func (m *memStore) UploadPart(context.Context, string, string, string, int32, engine.Payload) (string, error) {
-	return "", errors.New("not used")
-}
-func (m *memStore) ListParts(context.Context, string, string, string) ([]engine.Part, error) {
-	return nil, errors.New("not used")
-}
-func (m *memStore) CompleteMultipart(context.Context, string, string, string, []engine.Part) (string, error) {
-	return "", errors.New("not used")
-}
-func (m *memStore) AbortMultipart(context.Context, string, string, string) error { return nil }
-
-func (m *memStore) PutDeleteMarker(_ context.Context, bucket, key string) (string, error) {
-	return m.add(bucket, key, memVersion{marker: true}), nil
-}
-
-func (m *memStore) Head(_ context.Context, bucket, key, id string) (int64, string, map[string]string, error) {
-	v, ok := m.find(bucket, key, id)
-	if !ok {
-		return 0, "", nil, &engine.Error{Class: engine.Permanent, Reason: engine.ReasonInvalid, Err: errors.New("NoSuchVersion")}
-	}
-	return int64(len(v.body)), "", v.meta.Metadata, nil
-}
-
-func (m *memStore) FindReplica(_ context.Context, bucket, key string, a engine.Action, of engine.ReplicaOf, since time.Time) (string, bool, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	vs := m.versions[bucket+"/"+key]
-	for i := len(vs) - 1; i >= 0; i-- {
-		if of.After != 0 && engine.VersionDigest(vs[i].id) == of.After {
-			return "", false, nil
-		}
-		if a == engine.ActionDeleteMarker {
-			return vs[i].id, vs[i].marker, nil
-		}
-		if !vs[i].marker && of.Matches(vs[i].meta.Metadata) {
-			return vs[i].id, true, nil
-		}
-	}
-	return "", false, nil
-}
-
-func (m *memStore) Current(_ context.Context, bucket, key string) (engine.Version, bool, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	vs := m.versions[bucket+"/"+key]
-	if len(vs) == 0 {
-		return engine.Version{}, false, nil
-	}
-	v := vs[len(vs)-1]
-	return engine.Version{Key: key, VersionID: v.id, Size: int64(len(v.body)), IsLatest: true, DeleteMarker: v.marker, LastModified: v.at}, true, nil
-}
-
-func (m *memStore) CopyVersion(_ context.Context, bucket, key, id string) (string, error) {
-	v, ok := m.find(bucket, key, id)
-	if !ok || v.marker {
-		return "", &engine.Error{Class: engine.Permanent, Reason: engine.ReasonInvalid, Err: errors.New("NoSuchVersion")}
-	}
-	return m.add(bucket, key, memVersion{body: v.body, meta: v.meta}), nil
-}
-
-// Copy copies a version inside the store (failback uses it).
-func (m *memStore) Copy(_ context.Context, src engine.VersionRef, bucket, key string, meta engine.ObjectMeta) (string, error) {
-	v, ok := m.find(src.Bucket, src.Key, src.VersionID)
-	if !ok || v.marker {
-		return "", &engine.Error{Class: engine.Gone, Reason: engine.ReasonSourceMissing, Err: errors.New("NoSuchVersion")}
-	}
-	m.copies.Add(1)
-	return m.add(bucket, key, memVersion{body: v.body, meta: meta}), nil
-}
-
-func (m *memStore) CopyPart(context.Context, engine.VersionRef, engine.ByteRange, string, string, string, int32) (string, error) {
-	return "", errors.New("not used")
-}
 
 // frozenState stops persisting anything once frozen: what a kill -9 does.
 type frozenState struct {
@@ -285,7 +128,7 @@ func TestSequencerOrderAndLateVersions(t *testing.T) {
 	v2 := src.add("src", "k", memVersion{body: []byte("2")})
 	v3 := src.add("src", "k", memVersion{body: []byte("3")})
 	runEngine(t, store, src, dst, []*engine.Op{op("k", v2, "0B"), op("k", v1, "0A")}, func() bool { return dst.puts.Load() == 2 })
-	got := dst.versions["dst/k"]
+	got := dst.history("dst", "k")
 	if len(got) != 2 || string(got[0].body) != "1" || string(got[1].body) != "2" {
 		t.Fatalf("destination history %v, want 1 then 2", got)
 	}
@@ -295,9 +138,7 @@ func TestSequencerOrderAndLateVersions(t *testing.T) {
 	runEngine(t, store, src, dst, []*engine.Op{op("k", v3, "0C")}, func() bool { return dst.puts.Load() == 3 })
 	late := op("k", v1, "0A")
 	late.VersionID = v1 + "-late" // a distinct version with an older sequencer
-	src.mu.Lock()
-	src.versions["src/k"] = append(src.versions["src/k"], memVersion{id: late.VersionID, body: []byte("late")})
-	src.mu.Unlock()
+	src.add("src", "k", memVersion{id: late.VersionID, body: []byte("late")})
 	runEngine(t, store, src, dst, []*engine.Op{late}, func() bool {
 		o, _ := store.Find(late)
 		return o != nil && o.State == engine.Completed
@@ -305,20 +146,16 @@ func TestSequencerOrderAndLateVersions(t *testing.T) {
 	if o, _ := store.Find(late); o.State != engine.Completed {
 		t.Fatalf("late older version is %s, want completed", o.State)
 	}
-	var bodies []string
-	for _, v := range dst.versions["dst/k"] {
-		bodies = append(bodies, string(v.body))
-	}
-	if want := "1 2 3 late 3"; strings.Join(bodies, " ") != want {
-		t.Fatalf("destination history %q, want %q", strings.Join(bodies, " "), want)
+	if got, want := bodies(dst, "k"), "1 2 3 late 3"; got != want {
+		t.Fatalf("destination history %q, want %q", got, want)
 	}
 	st, err := store.Status(time.Now())
 	if err != nil || st.LateVersions != 1 {
 		t.Fatalf("status counts %d late versions (%v), want 1", st.LateVersions, err)
 	}
 	ks, _, _ := store.LastWritten(context.Background(), late.DestKeyID())
-	if cur := dst.versions["dst/k"][4]; ks.LastReplica != engine.VersionDigest(cur.id) {
-		t.Fatalf("key state %+v after the copy on top %s", ks, cur.id)
+	if h := dst.history("dst", "k"); ks.LastReplica != engine.VersionDigest(h[len(h)-1].id) {
+		t.Fatalf("key state %+v after the copy on top %s", ks, h[len(h)-1].id)
 	}
 }
 
@@ -360,7 +197,7 @@ func TestSecondPassIsNotTheFirstCopy(t *testing.T) {
 		o, _ := store.Find(again)
 		return o.State == engine.Completed
 	})
-	got := dst.versions["dst/k"]
+	got := dst.history("dst", "k")
 	if len(got) != 2 || got[1].meta.Metadata[engine.MetaPass] != "current-1" || string(got[1].body) != "current" {
 		t.Fatalf("destination history after the second pass: %d versions %+v, want the first copy and one marked current-1", len(got), got)
 	}
@@ -373,7 +210,8 @@ func TestRestoredOpsKeepArrivalOrder(t *testing.T) {
 	store := openState(t)
 	src, dst := newMem(), newMem()
 	// Version ids that sort the other way round from their age.
-	src.versions["src/k"] = []memVersion{{id: "zz-older", body: []byte("old")}, {id: "aa-newer", body: []byte("new")}}
+	src.add("src", "k", memVersion{id: "zz-older", body: []byte("old")})
+	src.add("src", "k", memVersion{id: "aa-newer", body: []byte("new")})
 	var ops []*engine.Op
 	for _, v := range []string{"zz-older", "aa-newer"} {
 		o := op("k", v, "")
@@ -388,7 +226,7 @@ func TestRestoredOpsKeepArrivalOrder(t *testing.T) {
 		t.Fatalf("recorded ops got sequence numbers %d and %d, want increasing", ops[0].Seq, ops[1].Seq)
 	}
 	runEngine(t, store, src, dst, nil, func() bool { return dst.puts.Load() == 2 })
-	got := dst.versions["dst/k"]
+	got := dst.history("dst", "k")
 	if len(got) != 2 || string(got[0].body) != "old" || string(got[1].body) != "new" {
 		t.Fatalf("destination history %v, want old then new", got)
 	}

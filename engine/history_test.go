@@ -12,10 +12,8 @@ import (
 // bodies renders a destination key's history, oldest first; a delete
 // marker is "-".
 func bodies(m *memStore, key string) string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	var out []string
-	for _, v := range m.versions["dst/"+key] {
+	for _, v := range m.history("dst", key) {
 		if v.marker {
 			out = append(out, "-")
 		} else {

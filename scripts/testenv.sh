@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs the local servers the tests, the demo and the benchmark run
-# against: versitygw (S3) and local-aws-sqs (SQS). Idempotent and quick once
-# installed. Everything lands in .testenv/ inside the checkout.
+# against: versitygw and MinIO (S3) and local-aws-sqs (SQS). Idempotent and
+# quick once installed. Everything lands in .testenv/ inside the checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSITYGW_VERSION=v1.8.0
+# MinIO's module has no tagged versions: this pseudo-version is the
+# commit tested (see README, "Store compatibility").
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 LOCAL_SQS_VERSION=2.0.2
 mkdir -p .testenv/bin
 
@@ -12,6 +15,12 @@ if [ ! -x .testenv/bin/versitygw ] || [ "$(cat .testenv/bin/versitygw.version 2>
   echo "testenv: installing versitygw $VERSITYGW_VERSION (first build takes a few minutes)" >&2
   GOBIN="$PWD/.testenv/bin" go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
   echo "$VERSITYGW_VERSION" > .testenv/bin/versitygw.version
+fi
+
+if [ ! -x .testenv/bin/minio ] || [ "$(cat .testenv/bin/minio.version 2>/dev/null)" != "$MINIO_VERSION" ]; then
+  echo "testenv: installing MinIO $MINIO_VERSION (first build takes about 6 minutes on 2 cores)" >&2
+  GOBIN="$PWD/.testenv/bin" go install "github.com/minio/minio@$MINIO_VERSION"
+  echo "$MINIO_VERSION" > .testenv/bin/minio.version
 fi
 
 if [ ! -f .testenv/sqs/node_modules/local-aws-sqs/package.json ] || \

@@ -8,8 +8,10 @@ import (
 	"context"
 	"crypto/md5"
 	"encoding/base64"
+	"encoding/xml"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -62,6 +64,9 @@ type Config struct {
 	Integrity       string // IntegrityCRC32C (default) or IntegrityMD5
 	// MaxConns bounds idle connections kept per host.
 	MaxConns int
+	// ListPageSize is the most versions asked for per ListObjectVersions
+	// page (0: 1000, S3's most); tests make it small to cross pages.
+	ListPageSize int32
 	// StallTimeout abandons a request with no byte sent or received for
 	// this long (0: DefaultStallTimeout).
 	StallTimeout time.Duration
@@ -86,6 +91,7 @@ type Store struct {
 	endpoint  string
 	region    string
 	integrity string
+	pageSize  int32
 	log       *slog.Logger
 	// noPartChecksums is set once the store has refused a multipart
 	// upload with a checksum algorithm.
@@ -164,7 +170,10 @@ func New(ctx context.Context, c Config) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{client: client, endpoint: c.Endpoint, region: c.Region, integrity: c.Integrity, log: log}, nil
+	if c.ListPageSize <= 0 {
+		c.ListPageSize = 1000
+	}
+	return &Store{client: client, endpoint: c.Endpoint, region: c.Region, integrity: c.Integrity, pageSize: c.ListPageSize, log: log}, nil
 }
 
 // sdkLogger forwards the SDK's warnings to log and drops the rest.
@@ -282,10 +291,11 @@ func (s *Store) Tags(ctx context.Context, bucket, key, versionID string) (map[st
 // ListVersions implements engine.Source: one page, versions and delete
 // markers merged in S3's order (key ascending, newest first).
 func (s *Store) ListVersions(ctx context.Context, bucket, prefix, keyMarker, versionMarker string) (engine.VersionPage, error) {
+	var raw []byte
 	out, err := s.client.ListObjectVersions(ctx, &s3.ListObjectVersionsInput{
 		Bucket: &bucket, Prefix: optional(prefix), KeyMarker: optional(keyMarker), VersionIdMarker: optional(versionMarker),
-		MaxKeys: aws.Int32(1000),
-	})
+		MaxKeys: aws.Int32(s.pageSize),
+	}, keepBody(&raw))
 	if err != nil {
 		return engine.VersionPage{}, classify(err, onDestination)
 	}
@@ -294,19 +304,38 @@ func (s *Store) ListVersions(ctx context.Context, bucket, prefix, keyMarker, ver
 		NextVersionIDMarker: aws.ToString(out.NextVersionIdMarker),
 		Truncated:           aws.ToBool(out.IsTruncated),
 	}
+	// S3 lists what comes after the markers: after the version marker, or
+	// after the whole key when there is none. versitygw (1.8.0) includes
+	// the key marker's versions, and starts the next page with the version
+	// the markers name when it is a key's latest. A walker must not see
+	// them twice.
+	repeated := func(key, id *string) bool {
+		return keyMarker != "" && aws.ToString(key) == keyMarker && (versionMarker == "" || aws.ToString(id) == versionMarker)
+	}
 	for _, v := range out.Versions {
+		if repeated(v.Key, v.VersionId) {
+			continue
+		}
 		page.Versions = append(page.Versions, engine.Version{
 			Key: aws.ToString(v.Key), VersionID: versionOrEmpty(v.VersionId), ETag: strings.Trim(aws.ToString(v.ETag), `"`),
 			Size: aws.ToInt64(v.Size), IsLatest: aws.ToBool(v.IsLatest), LastModified: aws.ToTime(v.LastModified),
 		})
 	}
 	for _, d := range out.DeleteMarkers {
+		if repeated(d.Key, d.VersionId) {
+			continue
+		}
 		page.Versions = append(page.Versions, engine.Version{
 			Key: aws.ToString(d.Key), VersionID: versionOrEmpty(d.VersionId), IsLatest: aws.ToBool(d.IsLatest),
 			DeleteMarker: true, LastModified: aws.ToTime(d.LastModified),
 		})
 	}
 	if len(out.DeleteMarkers) > 0 {
+		// The SDK hands versions and delete markers over as two lists;
+		// the answer interleaves them in order. Times cannot merge them:
+		// S3 gives whole seconds, MinIO milliseconds, and two writes can
+		// share one.
+		place := listedOrder(raw)
 		sort.SliceStable(page.Versions, func(i, j int) bool {
 			a, b := page.Versions[i], page.Versions[j]
 			if a.Key != b.Key {
@@ -315,10 +344,68 @@ func (s *Store) ListVersions(ctx context.Context, bucket, prefix, keyMarker, ver
 			if a.IsLatest != b.IsLatest {
 				return a.IsLatest
 			}
+			pa, okA := place[[2]string{a.Key, a.VersionID}]
+			pb, okB := place[[2]string{b.Key, b.VersionID}]
+			if okA && okB {
+				return pa < pb
+			}
 			return a.LastModified.After(b.LastModified)
 		})
 	}
 	return page, nil
+}
+
+// keepBody keeps a successful answer's body in *dst, for reading beside
+// the SDK's own decoding of it.
+func keepBody(dst *[]byte) func(*s3.Options) {
+	return s3.WithAPIOptions(func(st *middleware.Stack) error {
+		// Last in the deserialize step: next to the transport, before the
+		// SDK's decoder reads the body.
+		return st.Deserialize.Add(middleware.DeserializeMiddlewareFunc("s3replicad:keepBody",
+			func(ctx context.Context, in middleware.DeserializeInput, next middleware.DeserializeHandler) (middleware.DeserializeOutput, middleware.Metadata, error) {
+				out, md, err := next.HandleDeserialize(ctx, in)
+				resp, ok := out.RawResponse.(*smithyhttp.Response)
+				if err != nil || !ok || resp.StatusCode != http.StatusOK {
+					return out, md, err
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil {
+					return out, md, err
+				}
+				*dst = b
+				resp.Body = io.NopCloser(bytes.NewReader(b))
+				return out, md, nil
+			}), middleware.After)
+	})
+}
+
+// listedOrder returns the place of each Version and DeleteMarker entry
+// (by key and version id, "" for null) in a ListObjectVersions answer.
+func listedOrder(body []byte) map[[2]string]int {
+	place := map[[2]string]int{}
+	dec := xml.NewDecoder(bytes.NewReader(body))
+	depth := 0
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return place
+		}
+		switch t := tok.(type) {
+		case xml.StartElement:
+			if depth == 1 && (t.Name.Local == "Version" || t.Name.Local == "DeleteMarker") {
+				var e struct{ Key, VersionId string }
+				if dec.DecodeElement(&e, &t) != nil {
+					return place
+				}
+				place[[2]string{e.Key, versionOrEmpty(&e.VersionId)}] = len(place)
+				continue
+			}
+			depth++
+		case xml.EndElement:
+			depth--
+		}
+	}
 }
 
 func versionOrEmpty(v *string) string {
@@ -654,7 +741,7 @@ func (s *Store) Current(ctx context.Context, bucket, key string) (engine.Version
 const maxCopySize = 5 << 30
 
 // CopyVersion implements engine.Destination: CopyObject of the version onto
-// its own key, keeping its headers, metadata and tags (COPY directives);
+// its own key, with its headers, metadata and tags;
 // beyond CopyObject's 5 GiB, a multipart upload of UploadPartCopy parts
 // with the version's headers, metadata and tags read first.
 func (s *Store) CopyVersion(ctx context.Context, bucket, key, versionID string) (string, error) {
@@ -666,10 +753,14 @@ func (s *Store) CopyVersion(ctx context.Context, bucket, key, versionID string) 
 	if size := aws.ToInt64(head.ContentLength); size > maxCopySize {
 		return s.copyLarge(ctx, src, head)
 	}
+	// The headers and metadata are given again (REPLACE) rather than
+	// copied: MinIO's COPY drops Expires. Tags are copied.
 	out, err := s.client.CopyObject(ctx, &s3.CopyObjectInput{
 		Bucket: &bucket, Key: &key, CopySource: copySource(src),
-		MetadataDirective: types.MetadataDirectiveCopy, TaggingDirective: types.TaggingDirectiveCopy,
-		StorageClass: head.StorageClass,
+		MetadataDirective: types.MetadataDirectiveReplace, TaggingDirective: types.TaggingDirectiveCopy,
+		ContentType: head.ContentType, ContentEncoding: head.ContentEncoding, ContentDisposition: head.ContentDisposition,
+		ContentLanguage: head.ContentLanguage, CacheControl: head.CacheControl, Expires: parseExpires(aws.ToString(head.ExpiresString)),
+		Metadata: head.Metadata, StorageClass: head.StorageClass,
 	})
 	if err != nil {
 		return "", classify(err, onDestination)

@@ -144,3 +144,38 @@ func TestMultipartChecksumAlgorithmIsNegotiated(t *testing.T) {
 		t.Fatalf("an upload of copied parts asked for %q", got)
 	}
 }
+
+// The SDK splits a listing into versions and delete markers; their order
+// is the answer's, not their times' (S3's are whole seconds, so a version
+// and a marker written in the same second tie).
+func TestListingKeepsTheAnswersOrder(t *testing.T) {
+	const answer = `<?xml version="1.0" encoding="UTF-8"?>
+<ListVersionsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><IsTruncated>false</IsTruncated>
+<Version><Key>k</Key><VersionId>v3</VersionId><IsLatest>true</IsLatest><LastModified>2026-01-01T00:00:01.000Z</LastModified><ETag>"e3"</ETag><Size>3</Size></Version>
+<DeleteMarker><Key>k</Key><VersionId>m2</VersionId><IsLatest>false</IsLatest><LastModified>2026-01-01T00:00:00.000Z</LastModified></DeleteMarker>
+<Version><Key>k</Key><VersionId>v1</VersionId><IsLatest>false</IsLatest><LastModified>2026-01-01T00:00:00.000Z</LastModified><ETag>"e1"</ETag><Size>1</Size></Version>
+<DeleteMarker><Key>k</Key><VersionId>m0</VersionId><IsLatest>false</IsLatest><LastModified>2026-01-01T00:00:00.000Z</LastModified></DeleteMarker>
+<Version><Key>k</Key><VersionId>null</VersionId><IsLatest>false</IsLatest><LastModified>2026-01-01T00:00:00.000Z</LastModified><ETag>"e0"</ETag><Size>0</Size></Version>
+<DeleteMarker><Key>l</Key><VersionId>m9</VersionId><IsLatest>true</IsLatest><LastModified>2026-01-01T00:00:00.000Z</LastModified></DeleteMarker>
+</ListVersionsResult>`
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/xml")
+		fmt.Fprint(w, answer)
+	}))
+	defer srv.Close()
+	st, err := New(context.Background(), Config{Endpoint: srv.URL, PathStyle: true, AccessKeyID: "AK", SecretAccessKey: "SK"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := st.ListVersions(context.Background(), "b", "", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, v := range page.Versions {
+		got = append(got, v.Key+"@"+v.VersionID)
+	}
+	if want := []string{"k@v3", "k@m2", "k@v1", "k@m0", "k@", "l@m9"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("listed %v, want the answer's order %v", got, want)
+	}
+}

@@ -1,7 +1,7 @@
 // Package testenv starts the real local servers that integration tests, the
 // demo and the benchmark run against: two versitygw S3 gateways (source and
-// destination) and a local-aws-sqs server, all on loopback ports. The
-// servers are installed by scripts/testenv.sh.
+// destination) and a local-aws-sqs server, all on loopback ports, and, on
+// demand, a MinIO server. The servers are installed by scripts/testenv.sh.
 package testenv
 
 import (
@@ -46,9 +46,25 @@ type Env struct {
 
 	dir   string
 	procs []*exec.Cmd
-	names []string // of procs: src, dst, plain, sqs
+	names []string // of procs: src, dst, plain, sqs, minio
 	mu    sync.Mutex
+
+	// The MinIO server, started by the first call of MinIO.
+	minioMu  sync.Mutex
+	minioURL string
+	minioErr error
 }
+
+// Kind is an S3 server implementation the tests run against.
+type Kind string
+
+const (
+	VersityGW Kind = "versitygw"
+	MinIO     Kind = "minio"
+)
+
+// Kinds lists the S3 servers the tests run against.
+var Kinds = []Kind{VersityGW, MinIO}
 
 // ErrNotInstalled means scripts/testenv.sh has not been run.
 var ErrNotInstalled = errors.New("local test servers are not installed: run scripts/testenv.sh (make test does)")
@@ -150,10 +166,8 @@ func (e *Env) startS3(bin, name string, versioning bool) (string, error) {
 	// Keep-alive as every production S3 endpoint has it: without it each
 	// request pays a new TCP connection on both sides.
 	args := []string{"--port", addr, "--health", "/health", "--quiet", "--keep-alive"}
-	scheme, hc := "http", http.DefaultClient
 	if e.TLS != nil {
 		args = append(args, "--cert", e.TLS.CertFile, "--key", e.TLS.KeyFile)
-		scheme, hc = "https", e.TLS.Client()
 	}
 	args = append(args, "posix")
 	if versioning {
@@ -166,29 +180,187 @@ func (e *Env) startS3(bin, name string, versioning bool) (string, error) {
 	args = append(args, root)
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+AccessKey, "ROOT_SECRET_KEY="+SecretKey)
+	return e.launch(cmd, name, addr, "/health")
+}
+
+// startMinIO starts a single-drive MinIO server: versioning works on one
+// drive, which is how most users run it for a replica.
+func (e *Env) startMinIO(bin, name string) (string, error) {
+	port, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	data := filepath.Join(e.dir, name, "data")
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		return "", err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	args := []string{"server", "--address", addr, "--quiet"}
+	if e.TLS != nil {
+		// MinIO takes its certificate from a directory, under fixed names.
+		certs := filepath.Join(e.dir, name, "certs")
+		if err := os.MkdirAll(certs, 0o700); err != nil {
+			return "", err
+		}
+		for src, dst := range map[string]string{e.TLS.CertFile: "public.crt", e.TLS.KeyFile: "private.key"} {
+			b, err := os.ReadFile(src)
+			if err != nil {
+				return "", err
+			}
+			if err := os.WriteFile(filepath.Join(certs, dst), b, 0o600); err != nil {
+				return "", err
+			}
+		}
+		args = append(args, "--certs-dir", certs)
+	}
+	args = append(args, data)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+AccessKey, "MINIO_ROOT_PASSWORD="+SecretKey,
+		// No web console, no update check, and the background scanner at
+		// its slowest: the tests share two cores with everything else.
+		"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_SCANNER_SPEED=slowest")
+	return e.launch(cmd, name, addr, "/minio/health/ready")
+}
+
+// launch starts an S3 server's process, logging to name.log, and waits
+// until GET health answers 200.
+func (e *Env) launch(cmd *exec.Cmd, name, addr, health string) (string, error) {
+	scheme, hc := "http", &http.Client{Timeout: 2 * time.Second}
+	if e.TLS != nil {
+		scheme, hc = "https", e.TLS.Client()
+		hc.Timeout = 2 * time.Second
+	}
 	logf, err := os.Create(filepath.Join(e.dir, name+".log"))
 	if err != nil {
 		return "", err
 	}
+	defer logf.Close() // the child keeps its own descriptor
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return "", fmt.Errorf("start versitygw: %w", err)
+		return "", fmt.Errorf("start %s: %w", filepath.Base(cmd.Path), err)
 	}
 	e.track(name, cmd)
 	url := scheme + "://" + addr
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := hc.Get(url + "/health")
+		resp, err := hc.Get(url + health)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return url, nil
 			}
 		}
+		if zombie(cmd.Process.Pid) {
+			return "", fmt.Errorf("%s (%s) exited at start (see %s.log in %s)", name, filepath.Base(cmd.Path), name, e.dir)
+		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return "", fmt.Errorf("versitygw %s did not become healthy on %s (see %s.log)", name, addr, name)
+	return "", fmt.Errorf("%s (%s) did not become healthy on %s (see %s.log in %s)", name, filepath.Base(cmd.Path), addr, name, e.dir)
+}
+
+// zombie reports whether a child process has exited and awaits its Wait
+// (Linux; elsewhere it never tells, and the health deadline decides).
+func zombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	return len(f) > 0 && f[0] == "Z"
+}
+
+// MinIO returns the URL of the environment's MinIO server, starting it on
+// the first call (about half a second): tests that use it share it, each
+// with its own buckets.
+func (e *Env) MinIO() (string, error) {
+	e.minioMu.Lock()
+	defer e.minioMu.Unlock()
+	if e.minioURL == "" && e.minioErr == nil {
+		e.minioURL, e.minioErr = e.startMinIOInstalled()
+	}
+	return e.minioURL, e.minioErr
+}
+
+func (e *Env) startMinIOInstalled() (string, error) {
+	root, err := Root()
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(root, ".testenv", "bin", "minio")
+	if _, err := os.Stat(bin); err != nil {
+		return "", fmt.Errorf("%w (minio missing)", ErrNotInstalled)
+	}
+	return e.startMinIO(bin, "minio")
+}
+
+// Endpoint returns the URL of a server of the given kind to use in role
+// ("source" or "destination"): versitygw has one server per role, MinIO
+// one for both (each test has its own buckets).
+func (e *Env) Endpoint(k Kind, role string) (string, error) {
+	switch {
+	case k == MinIO:
+		return e.MinIO()
+	case k != VersityGW && k != "":
+		return "", fmt.Errorf("unknown S3 server kind %q", k)
+	case role == "source":
+		return e.Source, nil
+	case role == "destination":
+		return e.Destination, nil
+	}
+	return "", fmt.Errorf("unknown role %q", role)
+}
+
+// Server is one S3 server started alone, for tests that need no queue.
+type Server struct {
+	URL  string
+	Kind Kind
+	env  *Env
+}
+
+// StartServer starts one S3 server of kind k (versioning supported) with
+// its data under dir.
+func StartServer(dir string, k Kind) (*Server, error) {
+	root, err := Root()
+	if err != nil {
+		return nil, err
+	}
+	bin := filepath.Join(root, ".testenv", "bin", string(k))
+	if _, err := os.Stat(bin); err != nil {
+		return nil, fmt.Errorf("%w (%s missing)", ErrNotInstalled, k)
+	}
+	if dir, err = filepath.Abs(dir); err != nil {
+		return nil, err
+	}
+	e := &Env{dir: dir}
+	var url string
+	switch k {
+	case VersityGW:
+		url, err = e.startS3(bin, string(k), true)
+	case MinIO:
+		url, err = e.startMinIO(bin, string(k))
+	default:
+		err = fmt.Errorf("unknown S3 server kind %q", k)
+	}
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	return &Server{URL: url, Kind: k, env: e}, nil
+}
+
+// Close stops the server.
+func (s *Server) Close() { s.env.Close() }
+
+// InstalledVersion is the version scripts/testenv.sh installed of a
+// server, "" when it cannot tell.
+func InstalledVersion(k Kind) string {
+	root, err := Root()
+	if err != nil {
+		return ""
+	}
+	b, _ := os.ReadFile(filepath.Join(root, ".testenv", "bin", string(k)+".version"))
+	return strings.TrimSpace(string(b))
 }
 
 func (e *Env) startSQS(script string) (string, error) {
