@@ -4,7 +4,7 @@ DESTDIR ?=
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO      ?= go
 
-.PHONY: build test testenv fuzz demo bench bench-scale soak install deb clean
+.PHONY: build test testenv fuzz demo bench bench-scale bench-cluster soak install deb clean
 
 build:
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/s3replicad ./cmd/s3replicad
@@ -30,6 +30,13 @@ demo: testenv build
 # options, e.g. SCALEFLAGS='-objects 20000 -state-ops 0'.
 bench-scale: testenv build
 	$(GO) run ./internal/benchscale $(SCALEFLAGS)
+
+# The cluster mode's scaling: the same backlog drained by one node and by
+# three, each bound by a destination that answers slowly; prints the ratio
+# and the DynamoDB requests per replicated version. CLUSTERFLAGS passes
+# options, e.g. CLUSTERFLAGS='-objects 1200 -latency 100ms'.
+bench-cluster: testenv build
+	$(GO) run ./internal/benchcluster $(CLUSTERFLAGS)
 
 # The kill loop at length: KILLS kill -9s (default 50) while a mixed
 # workload is replicated, then the strict exact-replica check.

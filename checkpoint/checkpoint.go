@@ -412,6 +412,7 @@ func (x *tx) advanceKey(op *engine.Op) error {
 		if (op.Sequencer != "" || last.Sequencer == "") &&
 			(last.Sequencer == "" || event.CompareSequencer(op.Sequencer, last.Sequencer) >= 0) {
 			next.Sequencer, next.Version, next.Seq = op.Sequencer, engine.VersionDigest(op.VersionID), op.Seq
+			next.NewestMarker = op.Action == engine.ActionDeleteMarker
 		}
 	}
 	return x.keys.Put(k, encodeKeyState(next))

@@ -290,7 +290,11 @@ func encodeKeyState(k keyState) []byte {
 	b := appendHex(nil, k.Sequencer)
 	b = binary.BigEndian.AppendUint64(b, k.Version)
 	b = binary.AppendUvarint(b, k.Seq)
-	return binary.BigEndian.AppendUint64(b, k.LastReplica)
+	b = binary.BigEndian.AppendUint64(b, k.LastReplica)
+	if k.NewestMarker {
+		b = append(b, 1) // a tail of flags, absent from older records
+	}
+	return b
 }
 
 func decodeKeyState(b []byte) (keyState, error) {
@@ -303,7 +307,10 @@ func decodeKeyState(b []byte) (keyState, error) {
 	}
 	k.Seq = r.uvarint()
 	if len(r.b) >= 8 {
-		k.LastReplica = binary.BigEndian.Uint64(r.b)
+		k.LastReplica, r.b = binary.BigEndian.Uint64(r.b), r.b[8:]
+	}
+	if len(r.b) > 0 {
+		k.NewestMarker = r.b[0]&1 != 0
 	}
 	if r.err != nil {
 		return keyState{}, fmt.Errorf("key state: %w", r.err)

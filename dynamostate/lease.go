@@ -48,6 +48,12 @@ type lease struct {
 	// lease: ops recorded before it may have been written by the
 	// previous owner and are handed out as such.
 	suspectBefore time.Time
+	// settleUntil is, for a shard taken from an expired lease, when its
+	// ops may run here: the previous owner stopped its requests a margin
+	// before the lease expired, and a request it had sent may still be
+	// finishing at the store; another margin lets it land, so that the
+	// replica lookup before each write finds it.
+	settleUntil time.Time
 
 	releasing    bool
 	releaseTo    string    // the node that wanted it ("" frees it)
@@ -114,7 +120,7 @@ func (s *Store) Owned(destKeyID string) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	dl := s.deadline(l)
-	if !time.Now().Before(dl) {
+	if now := time.Now(); !now.Before(dl) || now.Before(l.settleUntil) {
 		return time.Time{}, false
 	}
 	return dl, true
@@ -790,6 +796,8 @@ func (s *Store) gainLocked(shard int, epoch int64, sent time.Time, clean bool) {
 		// ahead of ours by up to a lease) may have been written by the
 		// previous owner.
 		l.suspectBefore = sent.Add(s.cfg.Lease)
+		l.settleUntil = time.Now().Add(s.margin())
+		time.AfterFunc(s.margin(), s.signal) // the engine asks for the shard's ops then
 	}
 	s.held[shard] = l
 	s.stats.Gained++

@@ -513,6 +513,7 @@ func advance(last engine.KeyState, op *engine.Op) engine.KeyState {
 		if (op.Sequencer != "" || last.Sequencer == "") &&
 			(last.Sequencer == "" || event.CompareSequencer(op.Sequencer, last.Sequencer) >= 0) {
 			next.Sequencer, next.Version = op.Sequencer, engine.VersionDigest(op.VersionID)
+			next.NewestMarker = op.Action == engine.ActionDeleteMarker
 		}
 	}
 	return next
@@ -577,7 +578,7 @@ func (s *Store) LastWritten(ctx context.Context, destKeyID string) (engine.KeySt
 func (s *Store) ownedLocked(now time.Time) map[int]int64 {
 	out := map[int]int64{}
 	for sh, l := range s.held {
-		if !l.releasing && now.Before(s.deadline(l)) {
+		if !l.releasing && now.Before(s.deadline(l)) && !now.Before(l.settleUntil) {
 			out[sh] = l.epoch
 		}
 	}

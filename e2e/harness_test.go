@@ -296,6 +296,15 @@ func (w *world) start() *daemon {
 		}
 		if w.t.Failed() {
 			w.t.Logf("daemon log:\n%s", tail(d.logs.String(), 6000))
+			// S3REPLICAD_E2E_LOGS=DIR keeps every failed test's daemon logs whole.
+			if dir := os.Getenv("S3REPLICAD_E2E_LOGS"); dir != "" {
+				name := strings.NewReplacer("/", "_", " ", "_").Replace(w.t.Name())
+				f, err := os.CreateTemp(dir, name+"-*.log")
+				if err == nil {
+					_, _ = f.WriteString(d.logs.String())
+					f.Close()
+				}
+			}
 		}
 	})
 	waitFor(w.t, 20*time.Second, "daemon ready", func() bool {

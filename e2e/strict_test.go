@@ -249,6 +249,12 @@ func (w *world) waitExact(keys []string, within time.Duration) time.Duration {
 // through, for the caller to check that each was superseded.
 func (w *world) waitReplica(keys []string, within time.Duration) (time.Duration, []missingVersion, int) {
 	w.t.Helper()
+	return w.waitReplicaLate(keys, within, func() int { return int(w.lateVersions()) })
+}
+
+// waitReplicaLate is waitReplica with late versions counted by late.
+func (w *world) waitReplicaLate(keys []string, within time.Duration, lateCount func() int) (time.Duration, []missingVersion, int) {
+	w.t.Helper()
 	start := time.Now()
 	var last []string
 	for time.Since(start) < within {
@@ -273,7 +279,7 @@ func (w *world) waitReplica(keys []string, within time.Duration) (time.Duration,
 				// after the visibility timeout.
 				last = []string{fmt.Sprintf("%d messages still in the queue", w.queueDepth())}
 			default:
-				if late := w.lateVersions(); int64(extra) > late {
+				if late := lateCount(); extra > late {
 					for key := range extras {
 						w.t.Log(w.describeKey(key))
 					}

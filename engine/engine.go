@@ -723,7 +723,7 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 			case c < 0:
 				// A late version: written all the same, then the newest put
 				// back on top (guarantee 4).
-				if err := e.planOnTop(ctx, dest, op, log); err != nil {
+				if err := e.planOnTop(ctx, dest, op, last, log); err != nil {
 					e.failed(ctx, op, err, log)
 					return
 				}
@@ -812,12 +812,16 @@ func (e *Engine) failed(ctx context.Context, op *Op, err error, log *slog.Logger
 // version written (by an event, a backfill or a failback), and records it
 // before anything is written, since the late write changes what is
 // current.
-func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, log *slog.Logger) error {
+func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, last KeyState, log *slog.Logger) error {
 	cur, ok, err := dest.Current(ctx, op.DestBucket, op.DestKey)
 	if err != nil {
 		return fmt.Errorf("read the current version of %s/%s: %w", op.DestBucket, op.DestKey, err)
 	}
 	switch {
+	case !ok && last.NewestMarker && op.Action == ActionCopy:
+		// The newest is a delete marker the store did not make (MinIO and
+		// versitygw make none on a key without versions): there is one now.
+		op.OnTopMarker = true
 	case !ok:
 		log.Warn("a newer version of the key was written, but the destination has none now; writing the late version alone")
 		return nil

@@ -160,6 +160,11 @@ type KeyState struct {
 	// record was lost (a crash, a lost answer) can only be newer than it:
 	// looking for one stops there.
 	LastReplica uint64
+	// NewestMarker says the newest source version written is a delete
+	// marker: a late version written where the destination has nothing
+	// (a store that makes no marker on a key without versions) gets a
+	// marker put on top.
+	NewestMarker bool
 }
 
 // VersionDigest is a 64-bit digest (FNV-1a) of a version id: what the

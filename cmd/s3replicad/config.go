@@ -135,8 +135,8 @@ type ClusterConfig struct {
 	// Shards is the number of leases the work is split into, fixed by
 	// `cluster init` (later values are ignored).
 	Shards int `yaml:"shards"`
-	// NodeID names this node (default: the host name and a random part,
-	// new at every start).
+	// NodeID names this node (default: the host name); a random part,
+	// new at every start, is added to it.
 	NodeID string `yaml:"node_id"`
 }
 
@@ -904,10 +904,14 @@ func (q QueueConfig) queueConfig(callTimeout time.Duration) sqsqueue.Config {
 func (c *Config) dynamoConfig(log *slog.Logger) dynamostate.Config {
 	cl := c.Cluster
 	host, _ := os.Hostname()
-	id := cl.NodeID
-	if id == "" {
-		id = dynamostate.DefaultNodeID(host)
+	name := cl.NodeID
+	if name == "" {
+		name = host
 	}
+	// The name plus a random part, new at every start: a restarted node
+	// must never take its predecessor's leases for its own (that process
+	// may have left writes landing).
+	id := dynamostate.DefaultNodeID(name)
 	return dynamostate.Config{Table: cl.DynamoDB.Table, Region: cl.DynamoDB.Region, Endpoint: cl.DynamoDB.Endpoint,
 		AccessKeyID: cl.DynamoDB.AccessKeyID, SecretAccessKey: cl.DynamoDB.SecretAccessKey.Reveal(),
 		NodeID: id, Host: host, Lease: cl.Lease.D(), Shards: cl.Shards, Logger: log}
