@@ -45,10 +45,12 @@ KILLS ?= 50
 soak: testenv
 	CI=true S3REPLICAD_KILLS=$(KILLS) S3REPLICAD_KILL_SEED=$(SEED) $(GO) test -count=1 -timeout 30m -run 'TestKillLoop' -v ./e2e/ | grep -E 'kill loop|(killloop|strict)_test.go:[0-9]+:|^(---|ok|FAIL|PASS)'
 
-# s3replicad against rclone between the local servers; see README.
-# BENCHFLAGS passes options, e.g. BENCHFLAGS='-rounds 5 -memcheck-size 0'.
+# s3replicad against rclone between the local servers, then restore
+# against backfill and rclone; see README. BENCHFLAGS and RESTOREFLAGS pass
+# options, e.g. BENCHFLAGS='-rounds 5 -memcheck-size 0'.
 bench: testenv build
 	$(GO) run ./internal/bench $(BENCHFLAGS)
+	$(GO) run ./internal/benchrestore $(RESTOREFLAGS)
 
 # The configuration is readable by the service's dynamic user and holds no
 # secret; the secrets go to the environment file, which only root reads.
