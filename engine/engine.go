@@ -86,6 +86,9 @@ type Engine struct {
 
 	started atomic.Bool
 	ready   atomic.Bool
+	// refused holds the queue's permanent refusal (a missing queue,
+	// refused credentials) while it lasts.
+	refused atomic.Pointer[string]
 	loaded  chan struct{}
 
 	// intake (see intake.go)
@@ -231,6 +234,8 @@ func (e *Engine) Ready() (bool, string) {
 	switch {
 	case e.paused.Load():
 		return false, "the state file's disk is full; intake is paused"
+	case e.refused.Load() != nil:
+		return false, "the queue refuses: " + *e.refused.Load()
 	case !e.ready.Load():
 		select {
 		case <-e.loaded:
@@ -442,6 +447,7 @@ func (e *Engine) Backlog() int { return e.sched.Len() }
 // empty short poll, and between attempts to delete a batch.
 var (
 	receiveRetry = retry.Policy{Min: time.Second, Max: 10 * time.Second}
+	refusedRetry = retry.Policy{Min: 5 * time.Second, Max: time.Minute}
 	idlePoll     = retry.Policy{Min: 20 * time.Millisecond, Max: 500 * time.Millisecond}
 	deleteRetry  = retry.Policy{Min: 200 * time.Millisecond, Max: 2 * time.Second, Attempts: 3}
 )
@@ -464,6 +470,16 @@ func (e *Engine) poll(ctx, workCtx context.Context, acks chan<- []Message) error
 			}
 			failures++
 			e.m.queueErrors.Inc()
+			if c, _ := Classify(err); c == Permanent {
+				// A missing queue or refused credentials: nothing a retry
+				// mends, so it is said loudly (once, and again when it
+				// changes), and tried again slowly in case it is fixed.
+				e.queueRefused(err)
+				if !retry.Sleep(ctx, refusedRetry.Backoff(failures)) {
+					return nil
+				}
+				continue
+			}
 			if failures >= 3 {
 				e.ready.Store(false)
 			}
@@ -474,6 +490,7 @@ func (e *Engine) poll(ctx, workCtx context.Context, acks chan<- []Message) error
 			continue
 		}
 		failures = 0
+		e.queueAccepted()
 		e.ready.Store(true)
 		if len(msgs) == 0 {
 			// An empty answer that came at once is a short poll (wait_time
@@ -571,6 +588,25 @@ func (e *Engine) handle(ctx context.Context, msgs []Message) []Message {
 		}
 	}
 	return ack
+}
+
+// queueRefused reports the queue's permanent refusal: an ERROR line when it
+// starts or changes, /readyz, and s3replicad_queue_refused.
+func (e *Engine) queueRefused(err error) {
+	msg := err.Error()
+	if prev := e.refused.Swap(&msg); prev == nil || *prev != msg {
+		e.log.Error("the queue refuses this daemon: nothing is received until this is fixed (checked again every minute)", "err", err)
+	}
+	e.m.queueRefused.Set(1)
+	e.ready.Store(false)
+}
+
+// queueAccepted ends a refusal.
+func (e *Engine) queueAccepted() {
+	if e.refused.Swap(nil) != nil {
+		e.m.queueRefused.Set(0)
+		e.log.Info("the queue answers again")
+	}
 }
 
 // release makes messages whose work was not recorded visible again at once.

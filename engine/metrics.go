@@ -24,6 +24,7 @@ type metrics struct {
 	concurrency   *prometheus.GaugeVec
 	throttled     *prometheus.CounterVec
 	queueErrors   prometheus.Counter
+	queueRefused  prometheus.Gauge
 	oldestPending prometheus.GaugeFunc
 	intakePaused  prometheus.Gauge
 	stateErrors   prometheus.Counter
@@ -98,6 +99,10 @@ func newMetrics(reg prometheus.Registerer, rules Rules, dests []string, oldest f
 			Name: "s3replicad_destination_throttled_total",
 			Help: "Write requests a destination answered with SlowDown, 503, 429 or a timeout.",
 		}, []string{"destination"}),
+		queueRefused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "s3replicad_queue_refused",
+			Help: "1 while the queue refuses the daemon for good (a missing queue, refused credentials): fix it, nothing is received meanwhile.",
+		}),
 		queueErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "s3replicad_queue_errors_total",
 			Help: "Failed queue calls (receive, delete, visibility).",
@@ -117,7 +122,7 @@ func newMetrics(reg prometheus.Registerer, rules Rules, dests []string, oldest f
 	}
 	reg.MustRegister(m.events, m.replicated, m.bytes, m.pending, m.bytesPending, m.failed, m.latency,
 		m.deletes, m.superseded, m.late, m.skipped, m.sourceBytes, m.inStoreBytes, m.concurrency, m.throttled,
-		m.queueErrors, m.oldestPending, m.intakePaused, m.stateErrors)
+		m.queueErrors, m.queueRefused, m.oldestPending, m.intakePaused, m.stateErrors)
 	// Every series whose labels are known now starts at zero so that rate()
 	// and absence alerts work before the first event.
 	for _, k := range EventKinds {
