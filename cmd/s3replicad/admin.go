@@ -18,6 +18,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/s3replicad/s3replicad/config"
 	"github.com/s3replicad/s3replicad/checkpoint"
 	"github.com/s3replicad/s3replicad/dynamostate"
 	"github.com/s3replicad/s3replicad/engine"
@@ -31,7 +32,7 @@ import (
 // AdminSocketName is the admin socket's name inside state_dir.
 const AdminSocketName = "admin.sock"
 
-func adminSocket(cfg *Config) string { return filepath.Join(cfg.StateDir, AdminSocketName) }
+func adminSocket(cfg *config.Config) string { return filepath.Join(cfg.StateDir, AdminSocketName) }
 
 func adminHandler(r *replicator, bf *backfills) http.Handler {
 	mux := http.NewServeMux()
@@ -105,7 +106,7 @@ type daemon struct {
 // findDaemon returns the running daemon, nil when none runs (no socket,
 // or one left by a daemon that died), or an error when the socket exists
 // but cannot be used: a permission problem is never taken for "no daemon".
-func findDaemon(cfg *Config) (*daemon, error) {
+func findDaemon(cfg *config.Config) (*daemon, error) {
 	path := adminSocket(cfg)
 	if _, err := os.Lstat(path); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -156,7 +157,7 @@ func (d *daemon) call(ctx context.Context, method, path string, in, out any) err
 
 // stateFileExists tells whether there is a state file to read; a state
 // directory or file that exists but cannot be looked at is an error.
-func stateFileExists(cfg *Config) (bool, error) {
+func stateFileExists(cfg *config.Config) (bool, error) {
 	path := filepath.Join(cfg.StateDir, checkpoint.FileName)
 	_, err := os.Stat(path)
 	switch {
@@ -169,7 +170,7 @@ func stateFileExists(cfg *Config) (bool, error) {
 }
 
 // openLocal opens the state file when no daemon runs.
-func openLocal(cfg *Config, readOnly bool) (*checkpoint.Store, error) {
+func openLocal(cfg *config.Config, readOnly bool) (*checkpoint.Store, error) {
 	st, err := checkpoint.Open(cfg.StateDir, checkpoint.Options{ReadOnly: readOnly, Timeout: time.Second})
 	if errors.Is(err, checkpoint.ErrLocked) {
 		return nil, fmt.Errorf("%w, but no daemon answers on %s: is a backfill running?", err, adminSocket(cfg))
@@ -199,7 +200,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 // status asks the running daemon first, then reads the state file (or,
 // for a cluster, its table).
-func status(ctx context.Context, cfg *Config) (*statusReport, error) {
+func status(ctx context.Context, cfg *config.Config) (*statusReport, error) {
 	d, err := findDaemon(cfg)
 	if err != nil {
 		return nil, err
@@ -250,7 +251,7 @@ func printStatus(w io.Writer, st *statusReport) {
 		fmt.Fprintf(w, "%-16s %d\n", string(s)+":", st.Counts[s])
 	}
 	fmt.Fprintf(w, "late versions:   %d (written after a newer one, the newest copied back on top)\n", st.LateVersions)
-	fmt.Fprintf(w, "bytes pending:   %d (%s)\n", st.BytesPending, humanBytes(st.BytesPending))
+	fmt.Fprintf(w, "bytes pending:   %d (%s)\n", st.BytesPending, config.HumanBytes(st.BytesPending))
 	if st.OldestPending != nil {
 		fmt.Fprintf(w, "oldest pending:  %s (%s ago)\n", st.OldestPending.Format(time.RFC3339), time.Duration(st.OldestPendingAge*float64(time.Second)).Round(time.Second))
 	} else {
@@ -317,19 +318,6 @@ func printStatus(w io.Writer, st *statusReport) {
 	}
 }
 
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
 func cmdRetry(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, cfgFlag := flags("retry", stderr)
 	all := fs.Bool("all", false, "retry every failed operation")
@@ -352,7 +340,7 @@ func cmdRetry(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
-func retryFailed(ctx context.Context, cfg *Config, keys []string) (int, error) {
+func retryFailed(ctx context.Context, cfg *config.Config, keys []string) (int, error) {
 	d, err := findDaemon(cfg)
 	if err != nil {
 		return 0, err
@@ -389,12 +377,12 @@ func retryFailed(ctx context.Context, cfg *Config, keys []string) (int, error) {
 // openClusterHere opens the cluster's table from a command run where no
 // daemon answers: it needs the cluster section's credentials, read from
 // the whole configuration.
-func openClusterHere(ctx context.Context, cfg *Config) (clusterState, error) {
-	full, err := LoadConfig(cfg.path)
+func openClusterHere(ctx context.Context, cfg *config.Config) (clusterState, error) {
+	full, err := config.Load(cfg.File())
 	if err != nil {
 		return clusterState{}, err
 	}
-	st, err := dynamostate.Open(ctx, full.dynamoConfig(warnLogger(os.Stderr)))
+	st, err := dynamostate.Open(ctx, full.DynamoConfig(warnLogger(os.Stderr)))
 	if err != nil {
 		return clusterState{}, fmt.Errorf("cluster: %w", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/s3replicad/s3replicad/checkpoint"
+	"github.com/s3replicad/s3replicad/config"
 	"github.com/s3replicad/s3replicad/engine"
 	"github.com/s3replicad/s3replicad/reconcile"
 )
@@ -196,7 +197,7 @@ func cmdBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "backfill done: %d versions listed, %d copies queued (%s), all finished\n", final.Listed, final.Submitted, humanBytes(final.Bytes))
+	fmt.Fprintf(stdout, "backfill done: %d versions listed, %d copies queued (%s), all finished\n", final.Listed, final.Submitted, config.HumanBytes(final.Bytes))
 	return nil
 }
 
@@ -204,7 +205,7 @@ func cmdBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 // would queue, one per line, then their number, bytes and the requests
 // they would take. It writes nothing. What the state file knows (copies
 // already queued) is taken into account when no daemon holds it.
-func backfillDryRun(ctx context.Context, cfg *Config, ruleID string, stdout, stderr io.Writer) error {
+func backfillDryRun(ctx context.Context, cfg *config.Config, ruleID string, stdout, stderr io.Writer) error {
 	rules, err := cfg.SelectRules(ruleID)
 	if err != nil {
 		return err
@@ -265,7 +266,7 @@ func backfillDryRun(ctx context.Context, cfg *Config, ruleID string, stdout, std
 				case op.Pass != "":
 					what = "copy-again"
 				}
-				fmt.Fprintf(stdout, "%-13s %s  version %s  %s (rule %s)\n", what, op.Key, orNull(op.VersionID), humanBytes(max(op.Size, 0)), rule.ID)
+				fmt.Fprintf(stdout, "%-13s %s  version %s  %s (rule %s)\n", what, op.Key, orNull(op.VersionID), config.HumanBytes(max(op.Size, 0)), rule.ID)
 			}
 			return nil
 		})
@@ -274,7 +275,7 @@ func backfillDryRun(ctx context.Context, cfg *Config, ruleID string, stdout, std
 		}
 	}
 	fmt.Fprintf(stdout, "would copy %d versions, %s, in about %d requests (the comparison took %d HEAD requests besides the listings)\n",
-		versions, humanBytes(bytes), requests, heads)
+		versions, config.HumanBytes(bytes), requests, heads)
 	return nil
 }
 
@@ -286,7 +287,7 @@ func orNull(v string) string {
 }
 
 // backfillHere runs the engine in this process, without a queue.
-func backfillHere(ctx context.Context, cfg *Config, log *slog.Logger, ruleID string, show func(*backfillProgress)) (*backfillProgress, error) {
+func backfillHere(ctx context.Context, cfg *config.Config, log *slog.Logger, ruleID string, show func(*backfillProgress)) (*backfillProgress, error) {
 	r, err := newReplicator(ctx, cfg, log, cfg.EngineRules(), false)
 	if err != nil {
 		return nil, err
@@ -370,7 +371,7 @@ func newProgressPrinter(w io.Writer, label string) func(*backfillProgress) {
 			copied = 0
 		}
 		line := fmt.Sprintf("%s: %d versions listed (%.0f/s), %d copies queued (%s), %d finished", label,
-			p.Listed, rate, p.Submitted, humanBytes(p.Bytes), max(copied, 0))
+			p.Listed, rate, p.Submitted, config.HumanBytes(p.Bytes), max(copied, 0))
 		if !p.Listing && p.Pending > 0 {
 			line += fmt.Sprintf(", %d to go", p.Pending)
 		}

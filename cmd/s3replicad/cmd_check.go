@@ -12,6 +12,7 @@ import (
 
 	"github.com/aws/smithy-go"
 
+	"github.com/s3replicad/s3replicad/config"
 	"github.com/s3replicad/s3replicad/dynamostate"
 	"github.com/s3replicad/s3replicad/engine/s3store"
 	"github.com/s3replicad/s3replicad/engine/sqsqueue"
@@ -25,10 +26,10 @@ func cmdCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	path := configPath(*cfgFlag)
-	cfg, err := LoadConfig(path)
+	path := config.Path(*cfgFlag)
+	cfg, err := config.Load(path)
 	if err != nil {
-		var ce *ConfigError
+		var ce *config.Error
 		if errors.As(err, &ce) {
 			for _, p := range ce.Problems {
 				fmt.Fprintf(stderr, "%s: %s\n", path, p)
@@ -54,7 +55,7 @@ func cmdCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer
 
 	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	q, err := sqsqueue.New(cctx, cfg.Queue.queueConfig(cfg.Transfer.StallTimeout.D()))
+	q, err := sqsqueue.New(cctx, cfg.Queue.SQSConfig(cfg.Transfer.StallTimeout.D()))
 	if err != nil {
 		report("queue: %v", err)
 	} else if _, err := q.Attributes(cctx); err != nil {
@@ -99,11 +100,11 @@ func cmdCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer
 			fmt.Fprintf(stdout, "note: destination %s is the source's endpoint: copies are made inside the store when its credentials can read the source (server_side_copy: auto)\n", d.Name)
 		}
 		if d.BandwidthLimit > 0 {
-			fmt.Fprintf(stdout, "note: writes to destination %s are limited to %s/s\n", d.Name, humanBytes(int64(d.BandwidthLimit)))
+			fmt.Fprintf(stdout, "note: writes to destination %s are limited to %s/s\n", d.Name, config.HumanBytes(int64(d.BandwidthLimit)))
 		}
 	}
 	if cfg.Cluster != nil {
-		dc := cfg.dynamoConfig(warnLogger(stderr))
+		dc := cfg.DynamoConfig(warnLogger(stderr))
 		if err := dynamostate.Check(ctx, dc); err != nil {
 			report("cluster.dynamodb.table %s: %v (`s3replicad cluster init` creates it)", dc.Table, brief(err))
 		} else {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/s3replicad/s3replicad/config"
 	"github.com/s3replicad/s3replicad/dynamostate"
 )
 
@@ -24,9 +25,9 @@ func cmdCluster(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	if cfg.Cluster == nil {
-		return &ConfigError{File: cfg.path, Problems: []string{"cluster: the configuration has no cluster section (cluster.dynamodb.table names the table to create)"}}
+		return &config.Error{File: cfg.File(), Problems: []string{"cluster: the configuration has no cluster section (cluster.dynamodb.table names the table to create)"}}
 	}
-	what, err := dynamostate.CreateTable(ctx, cfg.dynamoConfig(log))
+	what, err := dynamostate.CreateTable(ctx, cfg.DynamoConfig(log))
 	if err != nil {
 		return fmt.Errorf("cluster init: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/s3replicad/s3replicad/config"
 	"github.com/s3replicad/s3replicad/dynamostate"
 )
 
@@ -39,7 +40,7 @@ func cmdPolicy(_ context.Context, args []string, stdout, stderr io.Writer) error
 	return enc.Encode(doc)
 }
 
-func buildPolicy(cfg *Config) policyDoc {
+func buildPolicy(cfg *config.Config) policyDoc {
 	objects := map[string]bool{}
 	buckets := map[string]bool{}
 	tags := false

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/s3replicad/s3replicad/checkpoint"
+	"github.com/s3replicad/s3replicad/config"
 	"github.com/s3replicad/s3replicad/engine"
 	"github.com/s3replicad/s3replicad/engine/s3store"
 	"github.com/s3replicad/s3replicad/internal/retry"
@@ -89,7 +90,7 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *endpoint != "source" && *endpoint != "destination" {
 		return &usageError{fmt.Sprintf("-to-endpoint %q: use source or destination", *endpoint)}
 	}
-	rule, err := cfg.restoreRule(*ruleID)
+	rule, err := cfg.RuleFor(*ruleID)
 	if err != nil {
 		return err
 	}
@@ -102,7 +103,7 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	conns := cfg.Transfer.Workers*cfg.Transfer.PartConcurrency + 16
 	dest := cfg.Destination(rule.Destination)
-	replica, err := s3store.New(ctx, dest.storeConfig(conns, cfg.Transfer.StallTimeout.D()))
+	replica, err := s3store.New(ctx, dest.StoreConfig(conns, cfg.Transfer.StallTimeout.D()))
 	if err != nil {
 		return fmt.Errorf("destination %s: %w", dest.Name, err)
 	}
@@ -110,14 +111,14 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *endpoint == "destination" {
 		targetCfg, bw = dest.EndpointConfig, int64(dest.BandwidthLimit)
 	}
-	tc := targetCfg.storeConfig(conns, cfg.Transfer.StallTimeout.D())
+	tc := targetCfg.StoreConfig(conns, cfg.Transfer.StallTimeout.D())
 	tc.Logger = log.With("component", "restore-target")
 	target, err := s3store.New(ctx, tc)
 	if err != nil {
 		return fmt.Errorf("restore target: %w", err)
 	}
 	if *dryRun {
-		return restoreDryRun(ctx, cfg, rule, replica, job, sameEndpoint(targetCfg, dest.EndpointConfig), stdout, stderr)
+		return restoreDryRun(ctx, cfg, rule, replica, job, config.SameEndpoint(targetCfg, dest.EndpointConfig), stdout, stderr)
 	}
 
 	// One state directory per restore: the same command again continues it.
@@ -188,7 +189,7 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		State: state, Workers: cfg.Transfer.Workers, PartSize: int64(cfg.Transfer.PartSize),
 		PartConcurrency: cfg.Transfer.PartConcurrency, MultipartThreshold: int64(cfg.Transfer.MultipartThreshold),
 		BufferMemory:   int64(cfg.Transfer.BufferMemory),
-		ServerSideCopy: map[string]bool{"target": sameEndpoint(targetCfg, dest.EndpointConfig)},
+		ServerSideCopy: map[string]bool{"target": config.SameEndpoint(targetCfg, dest.EndpointConfig)},
 		BandwidthLimit: map[string]int64{"target": bw}, StatePath: state.Path(),
 		Registerer: metrics.NewRegistry(), Logger: log.With("component", "restore"),
 	})
@@ -270,7 +271,7 @@ func printRestoreSummary(w io.Writer, job *restoreJob, counts map[engine.State]i
 		when = "as of now (each key's current version)"
 	}
 	fmt.Fprintf(w, "restore of rule %s %s into %s (%s endpoint): %d keys, %d versions, %s written",
-		job.Rule, when, job.Bucket, job.Endpoint, counts[engine.Completed], counts[engine.Completed], humanBytes(job.Bytes))
+		job.Rule, when, job.Bucket, job.Endpoint, counts[engine.Completed], counts[engine.Completed], config.HumanBytes(job.Bytes))
 	if job.Created {
 		fmt.Fprintf(w, "; bucket created with versioning")
 	}
@@ -293,7 +294,7 @@ func printRestoreSummary(w io.Writer, job *restoreJob, counts map[engine.State]i
 
 // restoreDryRun prints, per key, what a restore would write, then the
 // totals and the requests it would make. It writes nothing.
-func restoreDryRun(ctx context.Context, cfg *Config, rule engine.Rule, replica *s3store.Store, job *restoreJob, inStore bool, stdout, stderr io.Writer) error {
+func restoreDryRun(ctx context.Context, cfg *config.Config, rule engine.Rule, replica *s3store.Store, job *restoreJob, inStore bool, stdout, stderr io.Writer) error {
 	var keys, heads, requests int
 	var bytes int64
 	walker := &reconcile.Restore{Replica: replica, Rule: rule, Prefix: job.Prefix, AsOf: job.AsOf, Latest: job.Latest,
@@ -313,14 +314,14 @@ func restoreDryRun(ctx context.Context, cfg *Config, rule engine.Rule, replica *
 			}
 			requests += n
 			fmt.Fprintf(stdout, "restore  %s  from replica version %s (source time %s)  %s\n", c.Key, c.Version.VersionID,
-				c.SourceTime.UTC().Format(time.RFC3339Nano), humanBytes(c.Version.Size))
+				c.SourceTime.UTC().Format(time.RFC3339Nano), config.HumanBytes(c.Version.Size))
 		}}
 	cur, err := walker.Run(ctx)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "would restore %d keys (%d versions, %s) into %s on the %s endpoint, in about %d requests (plus %d HEAD requests and the listing of %d replica versions already made)\n",
-		keys, keys, humanBytes(bytes), job.Bucket, job.Endpoint, requests, heads, cur.Listed)
+		keys, keys, config.HumanBytes(bytes), job.Bucket, job.Endpoint, requests, heads, cur.Listed)
 	reasons := make([]string, 0, len(job.Skipped))
 	for r := range job.Skipped {
 		reasons = append(reasons, r)
@@ -331,20 +332,4 @@ func restoreDryRun(ctx context.Context, cfg *Config, rule engine.Rule, replica *
 	}
 	_ = stderr
 	return nil
-}
-
-// restoreRule is the rule -rule names, or the only one.
-func (c *Config) restoreRule(id string) (engine.Rule, error) {
-	rules, err := c.SelectRules(id)
-	if err != nil {
-		return engine.Rule{}, err
-	}
-	if len(rules) != 1 {
-		ids := make([]string, len(rules))
-		for i, r := range rules {
-			ids[i] = r.ID
-		}
-		return engine.Rule{}, &usageError{fmt.Sprintf("restore needs -rule: one of %s", strings.Join(ids, ", "))}
-	}
-	return rules[0], nil
 }

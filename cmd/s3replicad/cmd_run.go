@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/s3replicad/s3replicad/config"
 	"github.com/s3replicad/s3replicad/engine"
 	"github.com/s3replicad/s3replicad/engine/s3store"
 	"github.com/s3replicad/s3replicad/engine/sqsqueue"
@@ -22,7 +23,7 @@ import (
 
 // replicator is the engine wired to its adapters and state file.
 type replicator struct {
-	cfg    *Config
+	cfg    *config.Config
 	log    *slog.Logger
 	state  stateStore
 	source *s3store.Store
@@ -37,9 +38,9 @@ func warnLogger(w io.Writer) *slog.Logger {
 }
 
 // stores builds the source and destination adapters.
-func stores(ctx context.Context, cfg *Config, log *slog.Logger) (*s3store.Store, map[string]*s3store.Store, error) {
+func stores(ctx context.Context, cfg *config.Config, log *slog.Logger) (*s3store.Store, map[string]*s3store.Store, error) {
 	conns := cfg.Transfer.Workers*cfg.Transfer.PartConcurrency + 16
-	sc := cfg.Source.storeConfig(conns, cfg.Transfer.StallTimeout.D())
+	sc := cfg.Source.StoreConfig(conns, cfg.Transfer.StallTimeout.D())
 	sc.Logger = log.With("component", "source")
 	src, err := s3store.New(ctx, sc)
 	if err != nil {
@@ -47,7 +48,7 @@ func stores(ctx context.Context, cfg *Config, log *slog.Logger) (*s3store.Store,
 	}
 	dests := map[string]*s3store.Store{}
 	for _, d := range cfg.Destinations {
-		dc := d.storeConfig(conns, cfg.Transfer.StallTimeout.D())
+		dc := d.StoreConfig(conns, cfg.Transfer.StallTimeout.D())
 		dc.Logger = log.With("component", "destination", "destination", d.Name)
 		st, err := s3store.New(ctx, dc)
 		if err != nil {
@@ -58,7 +59,7 @@ func stores(ctx context.Context, cfg *Config, log *slog.Logger) (*s3store.Store,
 	return src, dests, nil
 }
 
-func newReplicator(ctx context.Context, cfg *Config, log *slog.Logger, rules []engine.Rule, withQueue bool) (*replicator, error) {
+func newReplicator(ctx context.Context, cfg *config.Config, log *slog.Logger, rules []engine.Rule, withQueue bool) (*replicator, error) {
 	src, dests, err := stores(ctx, cfg, log)
 	if err != nil {
 		return nil, err
@@ -95,7 +96,7 @@ func newReplicator(ctx context.Context, cfg *Config, log *slog.Logger, rules []e
 		ec.BandwidthLimit[name] = int64(cfg.Destination(name).BandwidthLimit)
 	}
 	if withQueue {
-		q, err := sqsqueue.New(ctx, cfg.Queue.queueConfig(cfg.Transfer.StallTimeout.D()))
+		q, err := sqsqueue.New(ctx, cfg.Queue.SQSConfig(cfg.Transfer.StallTimeout.D()))
 		if err != nil {
 			st.Close()
 			return nil, fmt.Errorf("queue: %w", err)
@@ -143,7 +144,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	log.Info("s3replicad starting", "version", version, "listen", srv.Addr(), "admin", adminSocket(cfg), "state", r.state.where(),
 		"queue", cfg.Queue.URL, "rules", len(cfg.Rules), "workers", cfg.Transfer.Workers,
-		"buffer_memory", humanBytes(int64(cfg.Transfer.BufferMemory)))
+		"buffer_memory", config.HumanBytes(int64(cfg.Transfer.BufferMemory)))
 	for name, on := range cfg.ServerSideCopy() {
 		if on {
 			log.Info("destination shares the source's endpoint: copying inside the store", "destination", name)

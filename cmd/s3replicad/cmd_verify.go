@@ -6,6 +6,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/s3replicad/s3replicad/config"
 	"github.com/s3replicad/s3replicad/engine"
 	"github.com/s3replicad/s3replicad/reconcile"
 )
@@ -93,14 +94,14 @@ func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 // verifyRestore compares a restored bucket with what a restore of the rule
 // as of a time writes; exit 1 when anything differs.
-func verifyRestore(ctx context.Context, cfg *Config, ruleID, asOf, bucket, endpoint, prefix string, stdout, stderr io.Writer) error {
+func verifyRestore(ctx context.Context, cfg *config.Config, ruleID, asOf, bucket, endpoint, prefix string, stdout, stderr io.Writer) error {
 	if bucket == "" {
 		return &usageError{"verify -restore needs -bucket NAME"}
 	}
 	if endpoint != "source" && endpoint != "destination" {
 		return &usageError{fmt.Sprintf("-endpoint %q: use source or destination", endpoint)}
 	}
-	rule, err := cfg.restoreRule(ruleID)
+	rule, err := cfg.RuleFor(ruleID)
 	if err != nil {
 		return err
 	}

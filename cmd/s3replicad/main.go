@@ -13,6 +13,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/s3replicad/s3replicad/config"
 )
 
 // Exit codes (the contract).
@@ -52,7 +54,7 @@ func exitCode(err error, stderr io.Writer) int {
 		return silent.code
 	}
 	fmt.Fprintln(stderr, "s3replicad:", err)
-	var ce *ConfigError
+	var ce *config.Error
 	var ue *usageError
 	if errors.As(err, &ce) || errors.As(err, &ue) {
 		return exitUsage
@@ -74,7 +76,7 @@ commands:
   policy         print the IAM policy the source side needs
   version        print version information
 
-The configuration file is -config, else $S3REPLICAD_CONFIG, else ` + DefaultConfigPath + `.
+The configuration file is -config, else $S3REPLICAD_CONFIG, else ` + config.DefaultConfigPath + `.
 Run 's3replicad COMMAND -h' for a command's flags.
 `
 
@@ -97,6 +99,7 @@ func commands() map[string]command {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	config.Version = version
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return &usageError{"no command given"}
@@ -121,7 +124,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 func flags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs := flag.NewFlagSet("s3replicad "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	cfg := fs.String("config", "", "configuration file (default $S3REPLICAD_CONFIG, then "+DefaultConfigPath+")")
+	cfg := fs.String("config", "", "configuration file (default $S3REPLICAD_CONFIG, then "+config.DefaultConfigPath+")")
 	return fs, cfg
 }
 
@@ -140,7 +143,7 @@ func parse(fs *flag.FlagSet, args []string) error {
 // lines written to the journal leave the time out: journald stamps every
 // line itself. JSON lines always carry it, for the pipelines that read
 // them.
-func newLogger(c LogConfig, w io.Writer) *slog.Logger {
+func newLogger(c config.LogConfig, w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(strings.ToUpper(c.Level)))
 	opts := &slog.HandlerOptions{Level: level}
@@ -160,19 +163,19 @@ func newLogger(c LogConfig, w io.Writer) *slog.Logger {
 
 // loadStateFor parses flags and loads the state directory from the
 // configuration, for the commands that need nothing else of it.
-func loadStateFor(fs *flag.FlagSet, cfgFlag *string, args []string) (*Config, error) {
+func loadStateFor(fs *flag.FlagSet, cfgFlag *string, args []string) (*config.Config, error) {
 	if err := parse(fs, args); err != nil {
 		return nil, err
 	}
-	return LoadStateConfig(configPath(*cfgFlag))
+	return config.LoadState(config.Path(*cfgFlag))
 }
 
 // loadFor parses flags, loads the configuration and builds the logger.
-func loadFor(fs *flag.FlagSet, cfgFlag *string, args []string, stderr io.Writer) (*Config, *slog.Logger, error) {
+func loadFor(fs *flag.FlagSet, cfgFlag *string, args []string, stderr io.Writer) (*config.Config, *slog.Logger, error) {
 	if err := parse(fs, args); err != nil {
 		return nil, nil, err
 	}
-	cfg, err := LoadConfig(configPath(*cfgFlag))
+	cfg, err := config.Load(config.Path(*cfgFlag))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/s3replicad/s3replicad/checkpoint"
+	"github.com/s3replicad/s3replicad/config"
 	"github.com/s3replicad/s3replicad/dynamostate"
 	"github.com/s3replicad/s3replicad/engine"
 	"github.com/s3replicad/s3replicad/reconcile"
@@ -68,13 +69,13 @@ func (c clusterState) where() string { return "dynamodb table " + c.Table() }
 
 // openState opens the state for writing: the state file (explaining a
 // held lock), or the cluster's table.
-func openState(ctx context.Context, cfg *Config, log *slog.Logger) (stateStore, error) {
+func openState(ctx context.Context, cfg *config.Config, log *slog.Logger) (stateStore, error) {
 	if cfg.Cluster != nil {
 		// state_dir still holds the admin socket and restores' state.
 		if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create state_dir %s: %w", cfg.StateDir, err)
 		}
-		st, err := dynamostate.Open(ctx, cfg.dynamoConfig(log.With("component", "cluster")))
+		st, err := dynamostate.Open(ctx, cfg.DynamoConfig(log.With("component", "cluster")))
 		if err != nil {
 			return nil, fmt.Errorf("cluster: %w", err)
 		}

@@ -1,4 +1,9 @@
-package main
+// Package config reads s3replicad's configuration file: YAML with ${VAR}
+// expansion (from the environment, then the environment file beside it),
+// every key known and checked, each problem named with its key and line,
+// and the defaults an operator would expect. It also turns the file into
+// the configurations of the engine, the adapters and the cluster's table.
+package config
 
 import (
 	"errors"
@@ -242,21 +247,21 @@ func (s Secret) MarshalJSON() ([]byte, error) { return strconv.AppendQuote(nil, 
 // Reveal returns the secret itself, for the SDK only.
 func (s Secret) Reveal() string { return string(s) }
 
-// ConfigError is a configuration problem; it maps to exit code 2.
-type ConfigError struct {
+// Error is a configuration problem (the commands exit 2 on it).
+type Error struct {
 	File     string
 	Problems []string
 }
 
-func (e *ConfigError) Error() string {
+func (e *Error) Error() string {
 	if len(e.Problems) == 1 {
 		return fmt.Sprintf("config %s: %s", e.File, e.Problems[0])
 	}
 	return fmt.Sprintf("config %s: %d problems:\n  %s", e.File, len(e.Problems), strings.Join(e.Problems, "\n  "))
 }
 
-// configPath resolves -config, then $S3REPLICAD_CONFIG, then the default.
-func configPath(flagValue string) string {
+// Path resolves -config, then $S3REPLICAD_CONFIG, then the default.
+func Path(flagValue string) string {
 	if flagValue != "" {
 		return flagValue
 	}
@@ -266,17 +271,17 @@ func configPath(flagValue string) string {
 	return DefaultConfigPath
 }
 
-// LoadConfig reads, expands, decodes, defaults and validates a file.
+// Load reads, expands, decodes, defaults and validates a file.
 // Variables come from the environment, then from the environment file
 // (see envFileLookup).
-func LoadConfig(path string) (*Config, error) {
+func Load(path string) (*Config, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return nil, &ConfigError{File: path, Problems: []string{fmt.Sprintf("cannot read: %v", errors.Unwrap(err))}}
+		return nil, &Error{File: path, Problems: []string{fmt.Sprintf("cannot read: %v", errors.Unwrap(err))}}
 	}
 	lookup, unreadable := envFileLookup(path)
-	cfg, err := ParseConfig(path, raw, lookup)
-	var ce *ConfigError
+	cfg, err := Parse(path, raw, lookup)
+	var ce *Error
 	if unreadable != nil && errors.As(err, &ce) && strings.Contains(err.Error(), "is not set") {
 		ce.Problems = append(ce.Problems, fmt.Sprintf("(the environment file could not be read either: %v)", unreadable))
 	}
@@ -344,10 +349,10 @@ var envRe = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 // directory: variables that the rest of the file uses (secrets, which the
 // service's environment file holds) need not be set. It is an error only
 // when state_dir itself cannot be read.
-func LoadStateConfig(path string) (*Config, error) {
+func LoadState(path string) (*Config, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return nil, &ConfigError{File: path, Problems: []string{fmt.Sprintf("cannot read: %v", errors.Unwrap(err))}}
+		return nil, &Error{File: path, Problems: []string{fmt.Sprintf("cannot read: %v", errors.Unwrap(err))}}
 	}
 	// state_dir itself must not name an unset variable.
 	lookup, _ := envFileLookup(path)
@@ -361,7 +366,7 @@ func LoadStateConfig(path string) (*Config, error) {
 				if cfgLines, err := parseConfig(path, raw, func(string) (string, bool) { return "", true }, false); err == nil {
 					line = cfgLines.lines["state_dir"]
 				}
-				return nil, &ConfigError{File: path, Problems: []string{fmt.Sprintf("line %d: state_dir: environment variable %s is not set", line, m[1])}}
+				return nil, &Error{File: path, Problems: []string{fmt.Sprintf("line %d: state_dir: environment variable %s is not set", line, m[1])}}
 			}
 		}
 	}
@@ -371,14 +376,14 @@ func LoadStateConfig(path string) (*Config, error) {
 	}, false)
 }
 
-// ParseConfig is LoadConfig over bytes, with an injectable environment.
-func ParseConfig(path string, raw []byte, lookup func(string) (string, bool)) (*Config, error) {
+// Parse is Load over bytes, with an injectable environment.
+func Parse(path string, raw []byte, lookup func(string) (string, bool)) (*Config, error) {
 	return parseConfig(path, raw, lookup, true)
 }
 
 func parseConfig(path string, raw []byte, lookup func(string) (string, bool), validate bool) (*Config, error) {
 	fail := func(format string, args ...any) error {
-		return &ConfigError{File: path, Problems: []string{fmt.Sprintf(format, args...)}}
+		return &Error{File: path, Problems: []string{fmt.Sprintf(format, args...)}}
 	}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(raw, &doc); err != nil {
@@ -401,7 +406,7 @@ func parseConfig(path string, raw []byte, lookup func(string) (string, bool), va
 		return cfg, nil
 	}
 	if problems := cfg.validate(); len(problems) > 0 {
-		return nil, &ConfigError{File: path, Problems: problems}
+		return nil, &Error{File: path, Problems: problems}
 	}
 	return cfg, nil
 }
@@ -639,7 +644,7 @@ func (c *Config) applyDefaults() {
 // the source's endpoint, under keys its own filter selects.
 func (c *Config) loops(r RuleConfig) bool {
 	d := c.Destination(r.Destination)
-	if d.Name == "" || r.DestinationBucket != r.SourceBucket || !sameEndpoint(d.EndpointConfig, c.Source) {
+	if d.Name == "" || r.DestinationBucket != r.SourceBucket || !SameEndpoint(d.EndpointConfig, c.Source) {
 		return false
 	}
 	// Replicas are prefix+key; the filter selects keys starting with
@@ -648,7 +653,8 @@ func (c *Config) loops(r RuleConfig) bool {
 	return p == "" || strings.HasPrefix(p, f) || strings.HasPrefix(f, p)
 }
 
-func sameEndpoint(a, b EndpointConfig) bool {
+// SameEndpoint tells two endpoints that are one store.
+func SameEndpoint(a, b EndpointConfig) bool {
 	return strings.EqualFold(strings.TrimRight(a.Endpoint, "/"), strings.TrimRight(b.Endpoint, "/")) && a.Region == b.Region
 }
 
@@ -793,7 +799,7 @@ func (c *Config) validate() []string {
 		add("transfer.multipart_threshold", "must be between 1 byte and 5GiB (the largest single PUT); objects above it are copied in parts")
 	}
 	if t.BufferMemory < t.PartSize {
-		add("transfer.buffer_memory", "must be at least transfer.part_size (%s); the default is part_concurrency x part_size", humanBytes(int64(t.PartSize)))
+		add("transfer.buffer_memory", "must be at least transfer.part_size (%s); the default is part_concurrency x part_size", HumanBytes(int64(t.PartSize)))
 	} else if t.BufferMemory > 64<<30 {
 		add("transfer.buffer_memory", "must be at most 64GiB")
 	}
@@ -854,7 +860,41 @@ func (c *Config) SelectRules(id string) ([]engine.Rule, error) {
 			return []engine.Rule{r}, nil
 		}
 	}
-	return nil, &usageError{fmt.Sprintf("no rule with id %q in %s", id, c.path)}
+	return nil, &Error{File: c.path, Problems: []string{fmt.Sprintf("-rule: no rule with id %q", id)}}
+}
+
+// RuleFor is the rule id names, or the only one there is (restore,
+// verify -restore).
+func (c *Config) RuleFor(id string) (engine.Rule, error) {
+	rules, err := c.SelectRules(id)
+	if err != nil {
+		return engine.Rule{}, err
+	}
+	if len(rules) != 1 {
+		ids := make([]string, len(rules))
+		for i, r := range rules {
+			ids[i] = r.ID
+		}
+		return engine.Rule{}, &Error{File: c.path, Problems: []string{"-rule is needed: one of " + strings.Join(ids, ", ")}}
+	}
+	return rules[0], nil
+}
+
+// File is the path the configuration was read from.
+func (c *Config) File() string { return c.path }
+
+// HumanBytes renders a byte count with a binary unit (16.0 MiB).
+func HumanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // Destination returns the destination named name.
@@ -872,27 +912,31 @@ func (c *Config) Destination(name string) DestConfig {
 func (c *Config) ServerSideCopy() map[string]bool {
 	out := map[string]bool{}
 	for _, d := range c.Destinations {
-		out[d.Name] = d.ServerSideCopy == "auto" && sameEndpoint(d.EndpointConfig, c.Source)
+		out[d.Name] = d.ServerSideCopy == "auto" && SameEndpoint(d.EndpointConfig, c.Source)
 	}
 	return out
 }
 
-func (d DestConfig) storeConfig(maxConns int, stall time.Duration) s3store.Config {
-	c := d.EndpointConfig.storeConfig(maxConns, stall)
+func (d DestConfig) StoreConfig(maxConns int, stall time.Duration) s3store.Config {
+	c := d.EndpointConfig.StoreConfig(maxConns, stall)
 	c.Integrity = d.Integrity
 	return c
 }
 
-func (e EndpointConfig) storeConfig(maxConns int, stall time.Duration) s3store.Config {
+func (e EndpointConfig) StoreConfig(maxConns int, stall time.Duration) s3store.Config {
 	return s3store.Config{
 		Endpoint: e.Endpoint, Region: e.Region, PathStyle: e.PathStyle,
 		AccessKeyID: e.AccessKeyID, SecretAccessKey: e.SecretAccessKey.Reveal(), SessionToken: e.SessionToken.Reveal(),
 		CAFile: e.CAFile, Checksums: e.Checksums, MaxConns: maxConns, StallTimeout: stall,
-		UserAgent: "s3replicad/" + version,
+		UserAgent: "s3replicad/" + Version,
 	}
 }
 
-func (q QueueConfig) queueConfig(callTimeout time.Duration) sqsqueue.Config {
+// Version is the build's version (main sets it from -ldflags): requests
+// carry it in their User-Agent.
+var Version = "dev"
+
+func (q QueueConfig) SQSConfig(callTimeout time.Duration) sqsqueue.Config {
 	return sqsqueue.Config{
 		URL: q.URL, Region: q.Region, Endpoint: q.Endpoint, AccessKeyID: q.AccessKeyID,
 		SecretAccessKey: q.SecretAccessKey.Reveal(), WaitTime: q.WaitTime.D(),
@@ -901,7 +945,7 @@ func (q QueueConfig) queueConfig(callTimeout time.Duration) sqsqueue.Config {
 }
 
 // dynamoConfig is the cluster's table for dynamostate.
-func (c *Config) dynamoConfig(log *slog.Logger) dynamostate.Config {
+func (c *Config) DynamoConfig(log *slog.Logger) dynamostate.Config {
 	cl := c.Cluster
 	host, _ := os.Hostname()
 	name := cl.NodeID

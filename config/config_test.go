@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -30,7 +30,7 @@ func env(vars map[string]string) func(string) (string, bool) {
 var goodEnv = env(map[string]string{"AK": "AKID", "SK": "s3cr3t"})
 
 func TestConfigDefaultsAndExpansion(t *testing.T) {
-	cfg, err := ParseConfig("c.yaml", []byte(baseConfig), goodEnv)
+	cfg, err := Parse("c.yaml", []byte(baseConfig), goodEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,8 +80,8 @@ func TestConfigErrorsNameKeyAndLine(t *testing.T) {
 			if !strings.HasPrefix(raw, "state_dir") {
 				raw = baseConfig + raw
 			}
-			_, err := ParseConfig("c.yaml", []byte(raw), goodEnv)
-			var ce *ConfigError
+			_, err := Parse("c.yaml", []byte(raw), goodEnv)
+			var ce *Error
 			if !errors.As(err, &ce) {
 				t.Fatalf("err = %v, want a ConfigError", err)
 			}
@@ -101,7 +101,7 @@ func TestSamePriorityConflict(t *testing.T) {
     destination: dr
     destination_bucket: dst
 `
-	_, err := ParseConfig("c.yaml", []byte(raw), goodEnv)
+	_, err := Parse("c.yaml", []byte(raw), goodEnv)
 	if err == nil || !strings.Contains(err.Error(), "same priority") {
 		t.Fatalf("err = %v", err)
 	}
@@ -110,7 +110,7 @@ func TestSamePriorityConflict(t *testing.T) {
 // 0s is a wait time (short polling), not "use the default".
 func TestZeroValuesThatMeanSomething(t *testing.T) {
 	conf := strings.Replace(baseConfig, "  url: https://sqs", "  wait_time: 0s\n  url: https://sqs", 1)
-	cfg, err := ParseConfig("c.yaml", []byte(conf), goodEnv)
+	cfg, err := Parse("c.yaml", []byte(conf), goodEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func TestZeroValuesThatMeanSomething(t *testing.T) {
 		t.Fatalf("wait_time: 0s became %v", cfg.Queue.WaitTime.D())
 	}
 	// A zero threshold is refused rather than quietly replaced.
-	_, err = ParseConfig("c.yaml", []byte(baseConfig+"transfer: {multipart_threshold: 0}\n"), goodEnv)
+	_, err = Parse("c.yaml", []byte(baseConfig+"transfer: {multipart_threshold: 0}\n"), goodEnv)
 	if err == nil || !strings.Contains(err.Error(), "transfer.multipart_threshold: must be between 1 byte and 5GiB") {
 		t.Fatalf("multipart_threshold 0: %v", err)
 	}
@@ -129,16 +129,16 @@ func TestZeroValuesThatMeanSomething(t *testing.T) {
 func TestRuleThatFeedsItselfIsRefused(t *testing.T) {
 	same := strings.Replace(baseConfig, "destination_bucket: dst", "destination_bucket: src", 1) +
 		"source: {endpoint: https://s3.example.net:9000}\n"
-	_, err := ParseConfig("c.yaml", []byte(same), goodEnv)
+	_, err := Parse("c.yaml", []byte(same), goodEnv)
 	if err == nil || !strings.Contains(err.Error(), `rules[0].destination_bucket: "src" is the source bucket on the same endpoint`) {
 		t.Fatalf("self-feeding rule: %v", err)
 	}
 	apart := strings.Replace(same, "    destination: dr\n", "    destination: dr\n    destination_prefix: copies/\n    filter: {prefix: data/}\n", 1)
-	if _, err := ParseConfig("c.yaml", []byte(apart), goodEnv); err != nil {
+	if _, err := Parse("c.yaml", []byte(apart), goodEnv); err != nil {
 		t.Fatalf("copies/ from data/ in the same bucket: %v", err)
 	}
 	other := strings.Replace(same, "source: {endpoint: https://s3.example.net:9000}", "source: {endpoint: https://other.example.net}", 1)
-	if _, err := ParseConfig("c.yaml", []byte(other), goodEnv); err != nil {
+	if _, err := Parse("c.yaml", []byte(other), goodEnv); err != nil {
 		t.Fatalf("same bucket name on another endpoint: %v", err)
 	}
 }
@@ -146,7 +146,7 @@ func TestRuleThatFeedsItselfIsRefused(t *testing.T) {
 func TestBandwidthAndServerSideCopyChoice(t *testing.T) {
 	conf := strings.Replace(baseConfig, "    access_key_id: ${AK}\n", "    access_key_id: ${AK}\n    bandwidth_limit: 50MiB/s\n", 1) +
 		"source: {endpoint: 'https://S3.example.net:9000/'}\n"
-	cfg, err := ParseConfig("c.yaml", []byte(conf), goodEnv)
+	cfg, err := Parse("c.yaml", []byte(conf), goodEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,39 +175,6 @@ func TestParseSize(t *testing.T) {
 	}
 }
 
-func TestPolicyActions(t *testing.T) {
-	cfg, err := ParseConfig("c.yaml", []byte(baseConfig), goodEnv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc := buildPolicy(cfg)
-	got := map[string]bool{}
-	for _, s := range doc.Statement {
-		for _, a := range s.Action {
-			got[a] = true
-		}
-		for _, r := range s.Resource {
-			if r == "*" {
-				t.Errorf("statement %s grants on *", s.Sid)
-			}
-		}
-	}
-	// GetObject: reading a null version (unversioned or suspended source) takes it.
-	want := []string{"s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectTagging", "s3:GetObjectVersionTagging", "s3:ListBucketVersions", "s3:GetBucketVersioning",
-		"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"}
-	for _, a := range want {
-		if !got[a] {
-			t.Errorf("policy lacks %s", a)
-		}
-	}
-	if len(got) != len(want) {
-		t.Errorf("policy has %d actions, want exactly %d: %v", len(got), len(want), got)
-	}
-	if arn := queueARN(cfg.Queue.URL, ""); arn != "arn:aws:sqs:us-east-1:123456789012:s3-events" {
-		t.Errorf("queue ARN %s", arn)
-	}
-}
-
 // status and retry need only state_dir: they work as root without the
 // service's environment, whose secrets the rest of the file names; run and
 // check-config still require every variable.
@@ -221,19 +188,19 @@ func TestStateCommandsNeedOnlyStateDir(t *testing.T) {
 		}
 	}
 	write(baseConfig + "transfer:\n  stall_timeout: 5s\n")
-	cfg, err := LoadStateConfig(path)
+	cfg, err := LoadState(path)
 	if err != nil || cfg.StateDir != "/tmp/s3r" {
 		t.Fatalf("state config without the secrets' variables: %v %+v", err, cfg)
 	}
-	if _, err := LoadConfig(path); err == nil || !strings.Contains(err.Error(), "environment variable AK is not set") {
+	if _, err := Load(path); err == nil || !strings.Contains(err.Error(), "environment variable AK is not set") {
 		t.Fatalf("the full config loaded without its variables: %v", err)
 	}
 	write(strings.Replace(baseConfig, "state_dir: /tmp/s3r", "state_dir: ${S3R_TEST_NOT_SET}/s3r", 1))
-	if _, err := LoadStateConfig(path); err == nil || !strings.Contains(err.Error(), "line 1: state_dir: environment variable S3R_TEST_NOT_SET is not set") {
+	if _, err := LoadState(path); err == nil || !strings.Contains(err.Error(), "line 1: state_dir: environment variable S3R_TEST_NOT_SET is not set") {
 		t.Fatalf("state_dir with an unset variable: %v", err)
 	}
 	write(baseConfig + "bogus: 1\n")
-	if _, err := LoadStateConfig(path); err == nil || !strings.Contains(err.Error(), `unknown key "bogus"`) {
+	if _, err := LoadState(path); err == nil || !strings.Contains(err.Error(), `unknown key "bogus"`) {
 		t.Fatalf("unknown key: %v", err)
 	}
 }
@@ -247,14 +214,14 @@ func TestEnvironmentFileBesideTheConfig(t *testing.T) {
 	if err := os.WriteFile(path, []byte(baseConfig), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadConfig(path); err == nil || !strings.Contains(err.Error(), "environment variable AK is not set") {
+	if _, err := Load(path); err == nil || !strings.Contains(err.Error(), "environment variable AK is not set") {
 		t.Fatalf("without an environment file: %v", err)
 	}
 	env := "# secrets\nAK=from-file\n; comment\nSK=\"quoted secret\"\n\n"
 	if err := os.WriteFile(dir+"/env", []byte(env), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := LoadConfig(path)
+	cfg, err := Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +229,7 @@ func TestEnvironmentFileBesideTheConfig(t *testing.T) {
 		t.Fatalf("from the environment file: %q %q", d.AccessKeyID, d.SecretAccessKey.Reveal())
 	}
 	t.Setenv("AK", "from-environment")
-	if cfg, _ := LoadConfig(path); cfg.Destinations[0].AccessKeyID != "from-environment" {
+	if cfg, _ := Load(path); cfg.Destinations[0].AccessKeyID != "from-environment" {
 		t.Fatal("the environment does not win over the file")
 	}
 	other := t.TempDir() + "/secrets"
@@ -271,12 +238,12 @@ func TestEnvironmentFileBesideTheConfig(t *testing.T) {
 	}
 	os.Unsetenv("AK")
 	t.Setenv("S3REPLICAD_ENV_FILE", other)
-	if cfg, err := LoadConfig(path); err != nil || cfg.Destinations[0].AccessKeyID != "elsewhere" {
+	if cfg, err := Load(path); err != nil || cfg.Destinations[0].AccessKeyID != "elsewhere" {
 		t.Fatalf("S3REPLICAD_ENV_FILE: %v %+v", err, cfg)
 	}
 	// A file that cannot be read is mentioned when a variable is missing.
 	t.Setenv("S3REPLICAD_ENV_FILE", t.TempDir())
-	if _, err := LoadConfig(path); err == nil || !strings.Contains(err.Error(), "environment file could not be read") {
+	if _, err := Load(path); err == nil || !strings.Contains(err.Error(), "environment file could not be read") {
 		t.Fatalf("unreadable environment file: %v", err)
 	}
 }
