@@ -25,6 +25,7 @@ import (
 	"github.com/s3replicad/s3replicad/engine"
 	"github.com/s3replicad/s3replicad/engine/s3store"
 	"github.com/s3replicad/s3replicad/engine/sqsqueue"
+	"github.com/s3replicad/s3replicad/internal/units"
 )
 
 // DefaultConfigPath is used when neither -config nor $S3REPLICAD_CONFIG is given.
@@ -799,7 +800,7 @@ func (c *Config) validate() []string {
 		add("transfer.multipart_threshold", "must be between 1 byte and 5GiB (the largest single PUT); objects above it are copied in parts")
 	}
 	if t.BufferMemory < t.PartSize {
-		add("transfer.buffer_memory", "must be at least transfer.part_size (%s); the default is part_concurrency x part_size", HumanBytes(int64(t.PartSize)))
+		add("transfer.buffer_memory", "must be at least transfer.part_size (%s); the default is part_concurrency x part_size", units.Bytes(int64(t.PartSize)))
 	} else if t.BufferMemory > 64<<30 {
 		add("transfer.buffer_memory", "must be at most 64GiB")
 	}
@@ -882,20 +883,6 @@ func (c *Config) RuleFor(id string) (engine.Rule, error) {
 
 // File is the path the configuration was read from.
 func (c *Config) File() string { return c.path }
-
-// HumanBytes renders a byte count with a binary unit (16.0 MiB).
-func HumanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
 
 // Destination returns the destination named name.
 func (c *Config) Destination(name string) DestConfig {

@@ -232,3 +232,52 @@ func nullName(v string) string {
 	}
 	return v
 }
+
+// Verify compares every version the rules select with its destination
+// (verify), walking both listings side by side: fn hears every
+// difference, listed every key's count of source versions looked at. It
+// returns the HEAD requests it needed. A source version restored from a
+// replica (failback) counts as replicated by that replica: its metadata
+// says which.
+func Verify(ctx context.Context, src Source, dest func(engine.Rule) Destination, header Header, rules []engine.Rule,
+	fn func(engine.Rule, Finding), listed func(n int)) (int, error) {
+	heads := 0
+	for _, rule := range rules {
+		if !rule.Enabled {
+			continue
+		}
+		dst := dest(rule)
+		err := Walk(ctx, src, dst, rule, "", func(pair Pair) error {
+			if listed != nil {
+				listed(len(pair.Source))
+			}
+			var have *Replicas
+			vs, err := Selected(ctx, src, rule, pair.Key, pair.Source)
+			if err == nil && len(vs) > 0 {
+				have, err = Inspect(ctx, dst, rule.DestinationBucket, pair.DestKey, pair.Source, pair.Dest)
+			}
+			if err != nil {
+				return err
+			}
+			if have != nil {
+				heads += have.Heads
+			}
+			restoredFrom := func(version string) string {
+				_, _, meta, err := headWithRetry(ctx, header, rule.SourceBucket, pair.Key, version)
+				heads++
+				if err != nil {
+					return ""
+				}
+				return meta[engine.MetaRestoredFrom]
+			}
+			for _, f := range Check(rule, pair, vs, have, restoredFrom) {
+				fn(rule, f)
+			}
+			return nil
+		})
+		if err != nil {
+			return heads, fmt.Errorf("verify rule %s: %w", rule.ID, err)
+		}
+	}
+	return heads, nil
+}

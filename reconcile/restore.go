@@ -394,3 +394,39 @@ func (v *VerifyRestore) check(ctx context.Context, key string, rv, tv []engine.V
 	}
 	return nil
 }
+
+// RestoreEstimate is what a restore would write, for a dry run.
+type RestoreEstimate struct {
+	Keys, Bytes     int64
+	Requests, Heads int
+	Listed          int64
+	Skipped         map[string]int
+}
+
+// EstimateRestore walks what r would restore, submitting nothing, and
+// counts the keys, bytes and requests (a GET and a PUT per object, one
+// CopyObject when inStore, more for objects copied in parts); each hears
+// every key restored.
+func EstimateRestore(ctx context.Context, r *Restore, partSize, threshold int64, inStore bool, each func(Choice)) (RestoreEstimate, error) {
+	est := RestoreEstimate{Skipped: map[string]int{}}
+	walk := *r
+	walk.Queue, walk.State = nil, nil
+	walk.Each = func(c Choice, heads int) {
+		est.Heads += heads
+		if c.Skip != "" {
+			est.Skipped[c.Skip]++
+			return
+		}
+		est.Keys++
+		est.Bytes += c.Version.Size
+		n := Requests(&engine.Op{Size: c.Version.Size, Action: engine.ActionCopy}, partSize, threshold)
+		if inStore && n == 2 {
+			n = 1
+		}
+		est.Requests += n
+		each(c)
+	}
+	cur, err := walk.Run(ctx)
+	est.Listed = cur.Listed
+	return est, err
+}

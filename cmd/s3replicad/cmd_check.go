@@ -16,6 +16,7 @@ import (
 	"github.com/s3replicad/s3replicad/dynamostate"
 	"github.com/s3replicad/s3replicad/engine/s3store"
 	"github.com/s3replicad/s3replicad/engine/sqsqueue"
+	"github.com/s3replicad/s3replicad/internal/units"
 )
 
 // cmdCheckConfig validates the file, then proves the queue and every bucket
@@ -100,7 +101,7 @@ func cmdCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer
 			fmt.Fprintf(stdout, "note: destination %s is the source's endpoint: copies are made inside the store when its credentials can read the source (server_side_copy: auto)\n", d.Name)
 		}
 		if d.BandwidthLimit > 0 {
-			fmt.Fprintf(stdout, "note: writes to destination %s are limited to %s/s\n", d.Name, config.HumanBytes(int64(d.BandwidthLimit)))
+			fmt.Fprintf(stdout, "note: writes to destination %s are limited to %s/s\n", d.Name, units.Bytes(int64(d.BandwidthLimit)))
 		}
 	}
 	if cfg.Cluster != nil {

@@ -14,11 +14,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/s3replicad/s3replicad/admin"
 	"github.com/s3replicad/s3replicad/config"
 	"github.com/s3replicad/s3replicad/engine"
 	"github.com/s3replicad/s3replicad/engine/s3store"
 	"github.com/s3replicad/s3replicad/engine/sqsqueue"
-	"github.com/s3replicad/s3replicad/metrics"
+	"github.com/s3replicad/s3replicad/internal/units"
+	"github.com/s3replicad/s3replicad/serve"
 )
 
 // replicator is the engine wired to its adapters and state file.
@@ -68,13 +70,13 @@ func newReplicator(ctx context.Context, cfg *config.Config, log *slog.Logger, ru
 	if err != nil {
 		return nil, err
 	}
-	r := &replicator{cfg: cfg, log: log, state: st, source: src, dests: dests, reg: metrics.NewRegistry()}
+	r := &replicator{cfg: cfg, log: log, state: st, source: src, dests: dests, reg: serve.NewRegistry()}
 	var reg prometheus.Registerer = r.reg
 	if cs, ok := st.(clusterState); ok {
 		// Every node's series carry its id: sums over the nodes count each
 		// copy once; the cluster's pending gauges come from one node.
 		reg = prometheus.WrapRegistererWith(prometheus.Labels{"node": cs.NodeID()}, r.reg)
-		registerClusterMetrics(reg, cs.Store)
+		reg.MustRegister(cs.Collectors()...)
 	}
 	ec := engine.Config{
 		Rules: rules, Source: src, Destinations: map[string]engine.Destination{}, State: st,
@@ -133,18 +135,18 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	defer r.state.Close()
 
-	bf := newBackfills(r)
-	srv, err := metrics.NewServer(cfg.Listen, r.reg, r.engine.Ready)
+	jobs := newJobs(r)
+	srv, err := serve.Listen(cfg.Listen, r.reg, r.engine.Ready)
 	if err != nil {
 		return err
 	}
-	admin, err := metrics.NewAdminServer(adminSocket(cfg), adminHandler(r, bf))
+	admin, err := serve.Socket(adminSocket(cfg), admin.Handler(daemonService{r, jobs}))
 	if err != nil {
 		return err
 	}
 	log.Info("s3replicad starting", "version", version, "listen", srv.Addr(), "admin", adminSocket(cfg), "state", r.state.where(),
 		"queue", cfg.Queue.URL, "rules", len(cfg.Rules), "workers", cfg.Transfer.Workers,
-		"buffer_memory", config.HumanBytes(int64(cfg.Transfer.BufferMemory)))
+		"buffer_memory", units.Bytes(int64(cfg.Transfer.BufferMemory)))
 	for name, on := range cfg.ServerSideCopy() {
 		if on {
 			log.Info("destination shares the source's endpoint: copying inside the store", "destination", name)
@@ -187,7 +189,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	g.Go(func() error { return srv.Run(gctx) })
 	g.Go(func() error { return admin.Run(gctx) })
-	g.Go(func() error { bf.run(gctx); return nil })
+	g.Go(func() error { jobs.Run(gctx); return nil })
 	g.Go(func() error { r.prune(gctx); return nil })
 	notifySystemd("READY=1")
 	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {

@@ -39,48 +39,17 @@ func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	show := newProgressPrinter(stderr, "verify")
-	p := &backfillProgress{Started: time.Now(), Listing: true}
+	show := reconcile.NewProgressPrinter(stderr, "verify")
+	p := &reconcile.Progress{Started: time.Now(), Listing: true}
 	counts := map[string]int{}
-	heads := 0
-	for _, rule := range rules {
-		if !rule.Enabled {
-			continue
-		}
-		dst := dests[rule.Destination]
-		err := reconcile.Walk(ctx, src, dst, rule, "", func(pair reconcile.Pair) error {
-			p.Listed += int64(len(pair.Source))
-			show(p)
-			var have *reconcile.Replicas
-			vs, err := reconcile.Selected(ctx, src, rule, pair.Key, pair.Source)
-			if err == nil && len(vs) > 0 {
-				have, err = reconcile.Inspect(ctx, dst, rule.DestinationBucket, pair.DestKey, pair.Source, pair.Dest)
-			}
-			if err != nil {
-				return err
-			}
-			if have != nil {
-				heads += have.Heads
-			}
-			// A source version restored from a replica (failback) is
-			// replicated by that replica: its metadata says which.
-			restoredFrom := func(version string) string {
-				_, _, meta, err := src.Head(ctx, rule.SourceBucket, pair.Key, version)
-				heads++
-				if err != nil {
-					return ""
-				}
-				return meta[engine.MetaRestoredFrom]
-			}
-			for _, f := range reconcile.Check(rule, pair, vs, have, restoredFrom) {
-				counts[f.Kind]++
-				fmt.Fprintf(stdout, "%s (rule %s)\n", f, rule.ID)
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("verify rule %s: %w", rule.ID, err)
-		}
+	heads, err := reconcile.Verify(ctx, src, func(r engine.Rule) reconcile.Destination { return dests[r.Destination] }, src, rules,
+		func(rule engine.Rule, f reconcile.Finding) {
+			counts[f.Kind]++
+			fmt.Fprintf(stdout, "%s (rule %s)\n", f, rule.ID)
+		},
+		func(n int) { p.Listed += int64(n); show(p) })
+	if err != nil {
+		return err
 	}
 	p.Listing, p.Done = false, true
 	show(p)

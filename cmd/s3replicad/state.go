@@ -8,8 +8,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/s3replicad/s3replicad/admin"
 	"github.com/s3replicad/s3replicad/checkpoint"
 	"github.com/s3replicad/s3replicad/config"
 	"github.com/s3replicad/s3replicad/dynamostate"
@@ -22,29 +21,21 @@ import (
 type stateStore interface {
 	engine.StateStore
 	reconcile.State
-	report(ctx context.Context, now time.Time) (*statusReport, error)
+	report(ctx context.Context, now time.Time) (*admin.Report, error)
 	prune(ctx context.Context, before time.Time) (int, error)
 	where() string
 	Close() error
 }
 
-// statusReport is what `status` shows; `status -json` prints it as is.
-// A cluster adds its shards and nodes.
-type statusReport struct {
-	checkpoint.Status
-	Shards int                      `json:"shards,omitempty"`
-	Nodes  []dynamostate.NodeStatus `json:"nodes,omitempty"`
-}
-
 // localState is the bbolt state file.
 type localState struct{ *checkpoint.Store }
 
-func (l localState) report(_ context.Context, now time.Time) (*statusReport, error) {
+func (l localState) report(_ context.Context, now time.Time) (*admin.Report, error) {
 	st, err := l.Status(now)
 	if err != nil {
 		return nil, err
 	}
-	return &statusReport{Status: *st}, nil
+	return &admin.Report{Status: *st}, nil
 }
 
 func (l localState) prune(_ context.Context, before time.Time) (int, error) { return l.Prune(before) }
@@ -53,12 +44,12 @@ func (l localState) where() string                                          { re
 // clusterState is the cluster's table.
 type clusterState struct{ *dynamostate.Store }
 
-func (c clusterState) report(ctx context.Context, now time.Time) (*statusReport, error) {
+func (c clusterState) report(ctx context.Context, now time.Time) (*admin.Report, error) {
 	st, err := c.Status(ctx, now)
 	if err != nil {
 		return nil, err
 	}
-	return &statusReport{Status: st.Status, Shards: st.Shards, Nodes: st.Nodes}, nil
+	return &admin.Report{Status: st.Status, Shards: st.Shards, Nodes: st.Nodes}, nil
 }
 
 func (c clusterState) prune(ctx context.Context, before time.Time) (int, error) {
@@ -90,29 +81,4 @@ func openState(ctx context.Context, cfg *config.Config, log *slog.Logger) (state
 		return nil, err
 	}
 	return localState{st}, nil
-}
-
-// registerClusterMetrics exports what this node sees of its leases and of
-// the other nodes: a node that stops renewing shows as silent on the
-// others, which is what the alert S3ReplicadClusterNodeSilent watches.
-func registerClusterMetrics(reg prometheus.Registerer, st *dynamostate.Store) {
-	stat := func(f func(dynamostate.LeaseStats) int64) func() float64 {
-		return func() float64 { return float64(f(st.LeaseStats())) }
-	}
-	reg.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "s3replicad_cluster_leases_held",
-			Help: "Lease shards this node holds now."}, stat(func(s dynamostate.LeaseStats) int64 { return int64(s.Held) })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "s3replicad_cluster_leases_taken_over_total",
-			Help: "Leases this node took over from a node that stopped renewing."}, stat(func(s dynamostate.LeaseStats) int64 { return s.TakenOver })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "s3replicad_cluster_leases_lost_total",
-			Help: "Leases another node took from this one."}, stat(func(s dynamostate.LeaseStats) int64 { return s.Lost })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "s3replicad_cluster_leases_expired_total",
-			Help: "Leases this node gave up because it could not renew them in time (cut off from the table)."}, stat(func(s dynamostate.LeaseStats) int64 { return s.Expired })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "s3replicad_cluster_lease_renew_failures_total",
-			Help: "Failed lease renewals."}, stat(func(s dynamostate.LeaseStats) int64 { return s.RenewFailures })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "s3replicad_cluster_nodes_live",
-			Help: "Nodes this node sees renewing their heartbeat, itself included."}, func() float64 { return float64(st.Peers().Live) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "s3replicad_cluster_nodes_silent",
-			Help: "Nodes that have not renewed their heartbeat for a lease without stopping cleanly (dead or cut off)."}, func() float64 { return float64(st.Peers().Silent) }),
-	)
 }

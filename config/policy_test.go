@@ -1,9 +1,7 @@
-package main
+package config
 
 import (
 	"testing"
-
-	"github.com/s3replicad/s3replicad/config"
 )
 
 const policyConfig = `state_dir: /tmp/s3r
@@ -22,11 +20,11 @@ rules:
 `
 
 func TestPolicyActions(t *testing.T) {
-	cfg, err := config.Parse("c.yaml", []byte(policyConfig), func(string) (string, bool) { return "", false })
+	cfg, err := Parse("c.yaml", []byte(policyConfig), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
 	}
-	doc := buildPolicy(cfg)
+	doc := cfg.Policy()
 	got := map[string]bool{}
 	for _, s := range doc.Statement {
 		for _, a := range s.Action {

@@ -1,8 +1,8 @@
-// Package metrics owns the process's private Prometheus registry and the
-// HTTP servers: the read-only one on `listen` (/metrics, /healthz,
-// /readyz) and the admin one on a unix socket that only the daemon's own
-// user (and root) can reach.
-package metrics
+// Package serve is what the daemon serves: its private Prometheus registry,
+// the read-only HTTP server on `listen` (/metrics, /healthz, /readyz), and
+// the admin API's server on a unix socket that only the daemon's own user
+// (and root) can reach (the API itself is package admin's).
+package serve
 
 import (
 	"context"
@@ -36,11 +36,11 @@ type Server struct {
 	srv *http.Server
 }
 
-// NewServer binds addr at once, so that a port conflict is reported at
+// Listen binds addr at once, so that a port conflict is reported at
 // start, and serves /metrics, /healthz and /readyz there: read-only
 // endpoints that reveal nothing but the metrics and change nothing. Every
 // other path is 404; every method but GET and HEAD is refused.
-func NewServer(addr string, reg *prometheus.Registry, ready func() (bool, string)) (*Server, error) {
+func Listen(addr string, reg *prometheus.Registry, ready func() (bool, string)) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
@@ -60,11 +60,11 @@ func NewServer(addr string, reg *prometheus.Registry, ready func() (bool, string
 	return &Server{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
 }
 
-// NewAdminServer serves h, and the profiles, on a unix socket at path,
+// Socket serves h, and the profiles, on a unix socket at path,
 // which only the daemon's own user and root can open (mode 0600, in a
 // 0700 state directory). A socket left by a process that died is
 // replaced; one that answers belongs to a running daemon, and is an error.
-func NewAdminServer(path string, h http.Handler) (*Server, error) {
+func Socket(path string, h http.Handler) (*Server, error) {
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("admin socket %s answers: another daemon is running with this state_dir", path)
