@@ -28,7 +28,6 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/s3replicad/s3replicad/engine"
-	"github.com/s3replicad/s3replicad/engine/event"
 )
 
 // FileName is the state file's name inside state_dir.
@@ -375,14 +374,10 @@ func (x *tx) insertAndKey(op *engine.Op) error {
 	return x.advanceKey(op)
 }
 
-// advanceKey records a completed op as what its destination key holds,
-// moving forward only: a backfilled or unsequenced op does not erase what
-// a sequenced event established. A late op moves the last replica only:
-// to its late version once written, then to the copy it put on top, which
-// holds the newest version from then on.
+// advanceKey moves op's destination key's state as engine.Advance says,
+// in op's own transaction.
 func (x *tx) advanceKey(op *engine.Op) error {
-	lateWritten := op.State == engine.InFlight && op.Late() && op.Replica != ""
-	if op.State != engine.Completed && !lateWritten {
+	if !engine.MovesKey(op) {
 		return nil
 	}
 	k := hash16(op.DestKeyID())
@@ -394,26 +389,9 @@ func (x *tx) advanceKey(op *engine.Op) error {
 		}
 	}
 	next := last
-	switch {
-	case lateWritten:
-		next.LastReplica = engine.VersionDigest(op.Replica)
-	case op.Late():
-		if op.OnTopReplica != "" {
-			next.LastReplica = engine.VersionDigest(op.OnTopReplica)
-		} else if op.Replica != "" {
-			next.LastReplica = engine.VersionDigest(op.Replica)
-		}
-	default:
-		// The last replica follows every write; the newest version moves
-		// forward only.
-		if op.Replica != "" {
-			next.LastReplica = engine.VersionDigest(op.Replica)
-		}
-		if (op.Sequencer != "" || last.Sequencer == "") &&
-			(last.Sequencer == "" || event.CompareSequencer(op.Sequencer, last.Sequencer) >= 0) {
-			next.Sequencer, next.Version, next.Seq = op.Sequencer, engine.VersionDigest(op.VersionID), op.Seq
-			next.NewestMarker = op.Action == engine.ActionDeleteMarker
-		}
+	var newest bool
+	if next.KeyState, newest = engine.Advance(last.KeyState, op); newest {
+		next.Seq = op.Seq // pruning op forgets the key (see PruneStep)
 	}
 	return x.keys.Put(k, encodeKeyState(next))
 }

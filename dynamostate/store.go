@@ -20,7 +20,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/s3replicad/s3replicad/engine"
-	"github.com/s3replicad/s3replicad/engine/event"
 )
 
 // Store is the DynamoDB-backed engine.StateStore of one node of a cluster.
@@ -284,7 +283,7 @@ func (s *Store) Save(ctx context.Context, op *engine.Op) error {
 	if err != nil {
 		return fmt.Errorf("save %s: %w", op, err)
 	}
-	if keyMoves(op) {
+	if engine.MovesKey(op) {
 		if err := s.advanceKey(ctx, op, shard, ep); err != nil {
 			return fmt.Errorf("save %s: %w", op, err)
 		}
@@ -413,7 +412,7 @@ func (s *Store) advanceKey(ctx context.Context, op *engine.Op, shard int, ep int
 				return err
 			}
 		}
-		next := advance(cur.ks, op)
+		next, _ := engine.Advance(cur.ks, op)
 		raw, err := json.Marshal(next)
 		if err != nil {
 			return err
@@ -483,42 +482,6 @@ func (s *Store) advanceKey(ctx context.Context, op *engine.Op, shard int, ep int
 // keyMoves reports whether saving op moves its destination key's state:
 // a completed op, or a late op whose late version is written (in flight,
 // with its replica) before the newest is put back on top of it.
-func keyMoves(op *engine.Op) bool {
-	return op.State == engine.Completed || lateWritten(op)
-}
-
-func lateWritten(op *engine.Op) bool {
-	return op.State == engine.InFlight && op.Late() && op.Replica != ""
-}
-
-// advance is checkpoint's advanceKey: the last replica follows every
-// write, the newest sequencer and version move forward only, and a late
-// op moves the last replica only (to its late version once written, then
-// to the copy it put on top, which holds the newest version from then on).
-func advance(last engine.KeyState, op *engine.Op) engine.KeyState {
-	next := last
-	switch {
-	case lateWritten(op):
-		next.LastReplica = engine.VersionDigest(op.Replica)
-	case op.Late():
-		if op.OnTopReplica != "" {
-			next.LastReplica = engine.VersionDigest(op.OnTopReplica)
-		} else if op.Replica != "" {
-			next.LastReplica = engine.VersionDigest(op.Replica)
-		}
-	default:
-		if op.Replica != "" {
-			next.LastReplica = engine.VersionDigest(op.Replica)
-		}
-		if (op.Sequencer != "" || last.Sequencer == "") &&
-			(last.Sequencer == "" || event.CompareSequencer(op.Sequencer, last.Sequencer) >= 0) {
-			next.Sequencer, next.Version = op.Sequencer, engine.VersionDigest(op.VersionID)
-			next.NewestMarker = op.Action == engine.ActionDeleteMarker
-		}
-	}
-	return next
-}
-
 // readKey reads a key state strongly consistently; it returns the epoch
 // that wrote it too.
 func (s *Store) readKey(ctx context.Context, dk string) (keyCache, int64, error) {

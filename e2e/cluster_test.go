@@ -198,67 +198,10 @@ func TestCluster(t *testing.T) {
 		cw.start(i)
 	}
 
-	writer := rand.New(rand.NewPCG(rng.Uint64(), 2))
-	keys := make([]string, 20)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("key/%02d", i)
-	}
-	deleted := map[string]bool{}
-	held := map[string]testenv.Event{}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var written, markers, large, crossed, dups int
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			key := keys[writer.IntN(len(keys))]
-			var ev testenv.Event
-			var err error
-			switch r := writer.IntN(100); {
-			case r < 8 && !deleted[key]:
-				ev, err = cw.pub.DeleteMarker(cw.ctx, cw.src, cw.srcBucket, key)
-				deleted[key] = true
-				markers++
-			case r < 11:
-				ev, err = cw.pub.Put(cw.ctx, cw.src, cw.srcBucket, key, randBytes(cw.world, 6<<20+writer.IntN(4<<20)))
-				deleted[key] = false
-				large++
-			default:
-				ev, err = cw.pub.Put(cw.ctx, cw.src, cw.srcBucket, key, randBytes(cw.world, 1+writer.IntN(100<<10)))
-				deleted[key] = false
-			}
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			evs := []testenv.Event{ev}
-			if prev, ok := held[key]; ok {
-				evs = append(evs, prev) // crossed
-				delete(held, key)
-				crossed++
-			} else if writer.IntN(100) < 12 {
-				held[key] = ev
-				evs = nil
-			}
-			if len(evs) > 0 && writer.IntN(100) < 10 {
-				evs = append(evs, evs[0]) // a duplicate
-				dups++
-			}
-			if err := cw.pub.SendEvents(cw.ctx, evs...); err != nil {
-				t.Error(err)
-				return
-			}
-			written++
-			time.Sleep(time.Duration(writer.IntN(50)) * time.Millisecond)
-		}
-	}()
-
+	work := newChurn(20)
+	work.markerPct, work.largePct, work.crossPct, work.dupPct, work.maxSmall, work.maxGap = 8, 3, 12, 10, 100<<10, 50
+	work.start(cw.world, rand.New(rand.NewPCG(rng.Uint64(), 2)))
+	keys := work.keys
 	start := time.Now()
 	var chaos []string
 	// Kill -9 nodes 0 and 1 in turn at random moments, restarting each
@@ -286,13 +229,8 @@ func TestCluster(t *testing.T) {
 			cw.start(i)
 		}
 	}
-	close(stop)
-	wg.Wait()
-	for _, ev := range held {
-		must(t, cw.pub.SendEvents(cw.ctx, ev))
-	}
-	t.Logf("cluster: %v while %d changes were written (%d in parts, %d delete markers, %d crossed, %d duplicated): %s",
-		time.Since(start).Round(time.Second), written, large, markers, crossed, dups, strings.Join(chaos, ", "))
+	work.finish(cw.world)
+	t.Logf("cluster: %v while %s: %s", time.Since(start).Round(time.Second), work, strings.Join(chaos, ", "))
 	took, missing, extra := cw.waitReplicaLate(keys, 120*time.Second, cw.lateLogged)
 	if len(missing) > 0 {
 		for _, m := range missing {

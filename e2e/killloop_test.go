@@ -2,12 +2,10 @@ package e2e
 
 import (
 	"encoding/json"
-	"fmt"
 	"math/rand/v2"
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -67,67 +65,9 @@ func killLoop(t *testing.T, store testenv.Kind) {
 	w := newWorld(t, worldOpts{rules: markerRules, transfer: faultTransfer, visibility: "5s", waitTime: "0s", dstEndpoint: proxy.URL(),
 		srcStore: store, dstStore: store})
 
-	// The writer's choices come from their own generator, seeded from the
-	// test's, so that the kills' timing does not change the workload.
-	writer := rand.New(rand.NewPCG(rng.Uint64(), 1))
-	keys := make([]string, 24)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("key/%02d", i)
-	}
-	deleted := map[string]bool{}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var written, markers, large, crossed int
-	held := map[string]testenv.Event{} // an event to publish after the key's next
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			key := keys[writer.IntN(len(keys))]
-			var ev testenv.Event
-			var err error
-			switch r := writer.IntN(100); {
-			case r < 10 && !deleted[key]:
-				// A marker only on a live key: two markers in a row on one
-				// key cannot be told apart after a crash (see README).
-				ev, err = w.pub.DeleteMarker(w.ctx, w.src, w.srcBucket, key)
-				deleted[key] = true
-				markers++
-			case r < 14:
-				ev, err = w.pub.Put(w.ctx, w.src, w.srcBucket, key, randBytes(w, 6<<20+writer.IntN(6<<20)))
-				deleted[key] = false
-				large++
-			default:
-				ev, err = w.pub.Put(w.ctx, w.src, w.srcBucket, key, randBytes(w, 1+writer.IntN(200<<10)))
-				deleted[key] = false
-			}
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			evs := []testenv.Event{ev}
-			if prev, ok := held[key]; ok {
-				evs = append(evs, prev) // crossed: the newer event first
-				delete(held, key)
-				crossed++
-			} else if writer.IntN(100) < 15 {
-				held[key] = ev
-				evs = nil
-			}
-			if err := w.pub.SendEvents(w.ctx, evs...); err != nil {
-				t.Error(err)
-				return
-			}
-			written++
-			time.Sleep(time.Duration(writer.IntN(40)) * time.Millisecond)
-		}
-	}()
-
+	work := newChurn(24)
+	work.start(w, rand.New(rand.NewPCG(rng.Uint64(), 1)))
+	keys := work.keys
 	start := time.Now()
 	for i := 0; i < kills; i++ {
 		d := w.start()
@@ -136,11 +76,7 @@ func killLoop(t *testing.T, store testenv.Kind) {
 		time.Sleep(time.Duration(rng.IntN(2500)) * time.Millisecond)
 		d.kill()
 	}
-	close(stop)
-	wg.Wait()
-	for _, ev := range held {
-		must(t, w.pub.SendEvents(w.ctx, ev))
-	}
+	work.finish(w)
 	killed := time.Since(start)
 	d := w.start()
 	took, missing, extra := w.waitReplica(keys, 120*time.Second)
@@ -162,8 +98,8 @@ func killLoop(t *testing.T, store testenv.Kind) {
 	// timeout, often after a newer version of their key was written, and
 	// crossed events arrive after the newer one: those versions are
 	// written late, each followed by a copy of the newest on top.
-	t.Logf("kill loop: %d kills in %v while %d changes were written (%d copied in parts, %d delete markers, %d events crossed); seed %d; exact replica with complete history %v after the last restart; %d versions written late, each with one extra copy on top",
-		kills, killed.Round(time.Second), written, large, markers, crossed, seed, took.Round(10*time.Millisecond), late)
+	t.Logf("kill loop: %d kills in %v while %s; seed %d; exact replica with complete history %v after the last restart; %d versions written late, each with one extra copy on top",
+		kills, killed.Round(time.Second), work, seed, took.Round(10*time.Millisecond), late)
 }
 
 // lateVersions is the late_versions count of `status -json`.

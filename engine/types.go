@@ -11,6 +11,8 @@ import (
 	"hash/fnv"
 	"io"
 	"time"
+
+	"github.com/s3replicad/s3replicad/engine/event"
 )
 
 // State is where an operation is in its life.
@@ -517,3 +519,42 @@ func Classify(err error) (Class, string) {
 
 // ErrClosed is returned by Queue.Receive after Close.
 var ErrClosed = errors.New("closed")
+
+// MovesKey reports whether saving op moves its destination key's
+// KeyState: a completed op does, and a late op once its late version is
+// written (before the copy on top).
+func MovesKey(op *Op) bool {
+	return op.State == Completed || op.State == InFlight && op.Late() && op.Replica != ""
+}
+
+// Advance is the KeyState after saving op (every state store applies it
+// in the same write as op's): the last replica follows every write, the
+// newest sequencer and version move forward only (a backfilled or
+// unsequenced op does not erase what a sequenced event established), and
+// a late op moves the last replica only, to its late version once
+// written, then to the copy it put on top, which holds the newest version
+// from then on. newest says the newest version moved (to op).
+func Advance(last KeyState, op *Op) (next KeyState, newest bool) {
+	next = last
+	switch {
+	case op.State == InFlight && op.Late() && op.Replica != "":
+		next.LastReplica = VersionDigest(op.Replica)
+	case op.Late():
+		if op.OnTopReplica != "" {
+			next.LastReplica = VersionDigest(op.OnTopReplica)
+		} else if op.Replica != "" {
+			next.LastReplica = VersionDigest(op.Replica)
+		}
+	default:
+		if op.Replica != "" {
+			next.LastReplica = VersionDigest(op.Replica)
+		}
+		if (op.Sequencer != "" || last.Sequencer == "") &&
+			(last.Sequencer == "" || event.CompareSequencer(op.Sequencer, last.Sequencer) >= 0) {
+			next.Sequencer, next.Version = op.Sequencer, VersionDigest(op.VersionID)
+			next.NewestMarker = op.Action == ActionDeleteMarker
+			newest = true
+		}
+	}
+	return next, newest
+}
