@@ -219,7 +219,26 @@ func (e *Env) startMinIO(bin, name string) (string, error) {
 		// No web console, no update check, and the background scanner at
 		// its slowest: the tests share two cores with everything else.
 		"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_SCANNER_SPEED=slowest")
-	return e.launch(cmd, name, addr, "/minio/health/ready")
+	url, err := e.launch(cmd, name, addr, "/minio/health/ready")
+	if err != nil {
+		return "", err
+	}
+	// Ready can come before the object layer is: the first bucket calls
+	// then answer 503 XMinioServerNotInitialized. Wait for a real one.
+	client := e.S3(url)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := client.ListBuckets(ctx, &s3.ListBucketsInput{})
+		cancel()
+		if err == nil {
+			return url, nil
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("%s answers health but not S3 calls: %w (see %s.log in %s)", name, err, name, e.dir)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // launch starts an S3 server's process, logging to name.log, and waits
