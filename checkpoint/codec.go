@@ -110,6 +110,9 @@ func encodeOp(op *engine.Op) []byte {
 		if op.OnTopMarker {
 			flags |= 1
 		}
+		if op.OnTopUnrecorded {
+			flags |= 2
+		}
 		b = append(b, flags)
 		b = appendString(b, op.OnTop)
 		b = appendString(b, op.OnTopReplica)
@@ -231,7 +234,8 @@ func decodeOp(seq uint64, b []byte) (*engine.Op, error) {
 	op.Attempts = int(r.uvarint())
 	op.EventTime, op.Recorded, op.NextAttempt, op.WriteStarted, op.Finished = r.time(), r.time(), r.time(), r.time(), r.time()
 	if r.err == nil && len(r.b) > 0 {
-		op.OnTopMarker = r.byte()&1 != 0
+		flags := r.byte()
+		op.OnTopMarker, op.OnTopUnrecorded = flags&1 != 0, flags&2 != 0
 		op.OnTop, op.OnTopReplica = r.string(), r.string()
 	}
 	if r.err != nil {

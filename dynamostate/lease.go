@@ -661,12 +661,11 @@ func (s *Store) startReleaseLocked(shard int, l *lease, to string) {
 				s.log.Warn("the engine did not let go of a shard cleanly; it goes over at its deadline", "shard", shard, "err", err)
 				// Ready at the deadline, as without a handoff.
 				cur.releaseClean = false
-				go func() {
-					time.Sleep(time.Until(cur.releaseBy))
+				time.AfterFunc(time.Until(cur.releaseBy), func() {
 					s.mu.Lock()
 					cur.releaseReady = true
 					s.mu.Unlock()
-				}()
+				})
 				return
 			}
 			cur.releaseReady, cur.releaseClean = true, true

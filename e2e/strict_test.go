@@ -258,35 +258,41 @@ func (w *world) waitReplicaLate(keys []string, within time.Duration, lateCount f
 	start := time.Now()
 	var last []string
 	for time.Since(start) < within {
+		// The daemon's quiet is read before the replica is listed: what is
+		// listed after a quiet moment is final (read the other way round,
+		// a version written between the two reads would count as missing).
+		busy := ""
+		counts, err := w.statusCounts()
+		switch {
+		case err != nil:
+			busy = err.Error()
+		case counts["pending"]+counts["in_flight"] > 0:
+			busy = fmt.Sprintf("state: %d pending, %d in flight", counts["pending"], counts["in_flight"])
+		case counts["failed"] > 0 || counts["skipped"] > 0:
+			w.t.Fatalf("%d operations failed and %d were skipped: %v", counts["failed"], counts["skipped"], counts)
+		case w.queueDepth() > 0:
+			// A message a killed daemon had received comes back only
+			// after the visibility timeout.
+			busy = fmt.Sprintf("%d messages still in the queue", w.queueDepth())
+		}
 		var missing []missingVersion
 		var extras map[string]int
 		last, missing, extras = replicaProblems(w, keys)
-		extra := 0
-		for _, n := range extras {
-			extra += n
+		if busy != "" {
+			last = append(last, busy)
 		}
 		if len(last) == 0 {
-			counts, err := w.statusCounts()
-			switch {
-			case err != nil:
-				last = []string{err.Error()}
-			case counts["pending"]+counts["in_flight"] > 0:
-				last = []string{fmt.Sprintf("state: %d pending, %d in flight", counts["pending"], counts["in_flight"])}
-			case counts["failed"] > 0 || counts["skipped"] > 0:
-				w.t.Fatalf("%d operations failed and %d were skipped: %v", counts["failed"], counts["skipped"], counts)
-			case w.queueDepth() > 0:
-				// A message a killed daemon had received comes back only
-				// after the visibility timeout.
-				last = []string{fmt.Sprintf("%d messages still in the queue", w.queueDepth())}
-			default:
-				if late := lateCount(); extra > late {
-					for key := range extras {
-						w.t.Log(w.describeKey(key))
-					}
-					w.t.Fatalf("%d extra copies on the destination (%v), but only %d late versions that each allow one on top", extra, extras, late)
-				}
-				return time.Since(start), missing, extra
+			extra := 0
+			for _, n := range extras {
+				extra += n
 			}
+			if late := lateCount(); extra > late {
+				for key := range extras {
+					w.t.Log(w.describeKey(key))
+				}
+				w.t.Fatalf("%d extra copies on the destination (%v), but only %d late versions that each allow one on top", extra, extras, late)
+			}
+			return time.Since(start), missing, extra
 		}
 		time.Sleep(250 * time.Millisecond)
 	}

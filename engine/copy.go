@@ -44,6 +44,19 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 		if err != nil {
 			return "", fmt.Errorf("look for an earlier replica of %s: %w", op, err)
 		}
+		if !found && of.After != 0 && op.Action == ActionCopy {
+			// Below the last recorded write: this op's replica landed, and
+			// then an older version's op, which did not know of it, wrote
+			// over it. The replica is copied back on top (a late version's
+			// copy on top, counted as one), not written a second time.
+			of.After = 0
+			if v, found, err = dest.FindReplica(ctx, op.DestBucket, op.DestKey, op.Action, of, op.WriteStarted); err != nil {
+				return "", fmt.Errorf("look for an earlier replica of %s: %w", op, err)
+			}
+			if found {
+				op.OnTop = v
+			}
+		}
 		if found {
 			e.log.Info("replica already written before a restart or timeout", "key", op.Key, "version", op.VersionID, "replica", v)
 			if up, _ := e.cfg.State.LoadUpload(ctx, op.ID()); up != nil {

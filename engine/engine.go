@@ -868,6 +868,7 @@ func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, last K
 	default:
 		op.OnTop = cur.VersionID
 	}
+	op.OnTopUnrecorded = ok && last.LastReplica != 0 && VersionDigest(cur.VersionID) != last.LastReplica
 	op.State = InFlight
 	if err := e.cfg.State.Save(context.WithoutCancel(ctx), op); err != nil {
 		e.stateFailed(err)

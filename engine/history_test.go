@@ -178,3 +178,47 @@ func TestFailbackDoesNotCopyRestoredObjects(t *testing.T) {
 		t.Fatalf("the copy's metadata %v: want a replica of %s with the user metadata", meta, again)
 	}
 }
+
+// The daemon dies after writing a version (3) but before recording it,
+// and then an older version's event comes in, older (0) or newer (2) than
+// the last one recorded (1). Either way the older version is written, 3 is
+// back on top, once, and the one extra copy is counted as a late version.
+func TestLateVersionOverAnUnrecordedWrite(t *testing.T) {
+	for _, tc := range []struct {
+		name, lateSeq, lateBody string
+	}{
+		{"older than the last recorded", "005", "0"},
+		{"newer than the last recorded", "02", "2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store := openState(t)
+			st := &frozenState{Store: store}
+			src, dst := newMem(), newMem()
+			v1 := src.add("src", "k", memVersion{body: []byte("1")})
+			vLate := src.add("src", "k", memVersion{body: []byte(tc.lateBody)})
+			first := op("k", v1, "01")
+			runEngine(t, st, src, dst, []*engine.Op{first}, waitState(store, first, engine.Completed))
+
+			newest := op("k", src.add("src", "k", memVersion{body: []byte("3")}), "03")
+			dst.afterPut = func() { st.frozen.Store(true) } // kill -9 right after the write
+			runEngine(t, st, src, dst, []*engine.Op{newest}, func() bool { return dst.puts.Load() == 2 })
+			st.frozen.Store(false)
+			dst.afterPut = nil
+
+			// The resumed op is held back by a refused lookup, and the late
+			// one goes first (as on another node, or out of a backoff).
+			dst.findFails.Store(1)
+			late := op("k", vLate, tc.lateSeq)
+			runEngine(t, st, src, dst, []*engine.Op{late}, func() bool {
+				return waitState(store, late, engine.Completed)() && waitState(store, newest, engine.Completed)()
+			})
+			if got, want := bodies(dst, "k"), "1 3 "+tc.lateBody+" 3"; got != want {
+				t.Fatalf("destination history %q, want %q", got, want)
+			}
+			status, err := store.Status(time.Now())
+			if err != nil || status.LateVersions != 1 {
+				t.Fatalf("status counts %d late versions (%v), want 1 (the one extra copy)", status.LateVersions, err)
+			}
+		})
+	}
+}

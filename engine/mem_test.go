@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"time"
 
@@ -13,15 +14,26 @@ import (
 // conformance suite) with the hooks these tests use.
 type memStore struct {
 	*memstore.Store
-	afterPut func() // called after each version written (not markers)
-	puts     atomic.Int32
-	copies   atomic.Int32 // Copy calls (inside the store)
+	afterPut    func() // called after each version written (not markers)
+	afterMarker func() // called after each delete marker written
+	puts        atomic.Int32
+	copies      atomic.Int32 // Copy calls (inside the store)
+	// findFails fails that many replica lookups (a destination that
+	// refuses for a moment), for a test that needs an op held back.
+	findFails atomic.Int32
 }
 
 // Copy counts the copies made inside the store (failback's).
 func (m *memStore) Copy(ctx context.Context, src engine.VersionRef, bucket, key string, meta engine.ObjectMeta) (string, error) {
 	m.copies.Add(1)
 	return m.Store.Copy(ctx, src, bucket, key, meta)
+}
+
+func (m *memStore) FindReplica(ctx context.Context, bucket, key string, a engine.Action, of engine.ReplicaOf, since time.Time) (string, bool, error) {
+	if m.findFails.Add(-1) >= 0 {
+		return "", false, &engine.Error{Class: engine.Transient, Reason: engine.ReasonOther, Err: errors.New("refused for the test")}
+	}
+	return m.Store.FindReplica(ctx, bucket, key, a, of, since)
 }
 
 type memVersion struct {
@@ -37,6 +49,9 @@ func newMem() *memStore {
 	m.OnWrite = func(v memstore.Version) {
 		if !v.Marker && m.afterPut != nil {
 			m.afterPut()
+		}
+		if v.Marker && m.afterMarker != nil {
+			m.afterMarker()
 		}
 		m.puts.Add(1)
 	}

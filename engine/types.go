@@ -102,6 +102,12 @@ type Op struct {
 	OnTopMarker bool   `json:"on_top_marker,omitempty"`
 	// OnTopReplica is the destination version the copy on top made.
 	OnTopReplica string `json:"on_top_replica,omitempty"`
+	// OnTopUnrecorded says the newest on the destination was not the key's
+	// recorded last replica: a newer op wrote it and stopped before
+	// recording it (kill -9). The copy on top is then that op's version
+	// too, and the key's last replica stays below it, so that the op finds
+	// the copy when it looks for its replica instead of writing another.
+	OnTopUnrecorded bool `json:"on_top_unrecorded,omitempty"`
 
 	// failSide is where the op last failed (sourceSide or its
 	// destination), in memory only: a success there wakes it.
@@ -527,6 +533,13 @@ func MovesKey(op *Op) bool {
 	return op.State == Completed || op.State == InFlight && op.Late() && op.Replica != ""
 }
 
+// newer says op's version is the key's newest: a sequenced one moves
+// forward only, and an unsequenced one counts where nothing sequenced was.
+func newer(op *Op, last KeyState) bool {
+	return (op.Sequencer != "" || last.Sequencer == "") &&
+		(last.Sequencer == "" || event.CompareSequencer(op.Sequencer, last.Sequencer) >= 0)
+}
+
 // Advance is the KeyState after saving op (every state store applies it
 // in the same write as op's): the last replica follows every write, the
 // newest sequencer and version move forward only (a backfilled or
@@ -540,17 +553,22 @@ func Advance(last KeyState, op *Op) (next KeyState, newest bool) {
 	case op.State == InFlight && op.Late() && op.Replica != "":
 		next.LastReplica = VersionDigest(op.Replica)
 	case op.Late():
-		if op.OnTopReplica != "" {
+		if op.OnTopReplica != "" && !op.OnTopUnrecorded {
 			next.LastReplica = VersionDigest(op.OnTopReplica)
 		} else if op.Replica != "" {
 			next.LastReplica = VersionDigest(op.Replica)
+		}
+		if op.State == Completed && op.OnTop == op.Replica && newer(op, last) {
+			// Its own replica, found under an older version's write after
+			// a crash, copied back on top: it is the newest after all.
+			next.Sequencer, next.Version = op.Sequencer, VersionDigest(op.VersionID)
+			newest = true
 		}
 	default:
 		if op.Replica != "" {
 			next.LastReplica = VersionDigest(op.Replica)
 		}
-		if (op.Sequencer != "" || last.Sequencer == "") &&
-			(last.Sequencer == "" || event.CompareSequencer(op.Sequencer, last.Sequencer) >= 0) {
+		if newer(op, last) {
 			next.Sequencer, next.Version = op.Sequencer, VersionDigest(op.VersionID)
 			next.NewestMarker = op.Action == ActionDeleteMarker
 			newest = true
