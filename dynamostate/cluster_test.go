@@ -283,6 +283,68 @@ func TestTakeoverAfterCrash(t *testing.T) {
 	}
 }
 
+// A shard taken from a dead node and handed on cleanly before its ops ran
+// keeps them suspect: the next owner also looks for their replicas first
+// (the dead node may have written them), and so does the one after.
+func TestSuspicionSurvivesACleanHandover(t *testing.T) {
+	t.Parallel()
+	cfg := newTable(t, 4)
+	a := startNode(t, cfg, "a")
+	waitFor(t, 5*time.Second, "a holds every shard", func() bool { return len(a.Held()) == 4 })
+	ctx := context.Background()
+	ops := opsPerShard(a.Store, 1, "v1")
+	if _, err := a.Record(ctx, ops); err != nil {
+		t.Fatal(err)
+	}
+	a.crash()
+	b := startNode(t, cfg, "b")
+	b.SetHandoff(cleanHandoff)
+	waitFor(t, cfg.Lease+5*time.Second, "b takes a's shards", func() bool { return len(b.Held()) == 4 })
+	c := startNode(t, cfg, "c")
+	c.SetHandoff(cleanHandoff)
+	exclusive(t, b, c)
+	waitFor(t, 10*time.Second, "2 shards each", func() bool { return slices.Equal(heldCounts(b, c), []int{2, 2}) })
+	if st := c.LeaseStats(); st.TakenOver != 0 || st.GainedSuspect != 0 {
+		t.Fatalf("c's lease stats %+v: want its shards handed over cleanly", st)
+	}
+	for _, n := range []*node{b, c} {
+		// Handed out once the dead node's last requests have landed.
+		var handed []*engine.Op
+		waitFor(t, 5*time.Second, n.NodeID()+" hands out its 2 ops", func() bool {
+			got, _, err := n.Pending(ctx, engine.OriginEvent, 0, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			handed = append(handed, got...)
+			return len(handed) == 2
+		})
+		for _, op := range handed {
+			if op.WriteStarted.IsZero() {
+				t.Errorf("%s handed %s as never written: the dead node may have written it", n.NodeID(), op)
+			}
+		}
+	}
+	// Ops recorded from now on are not suspect.
+	fresh := opsPerShard(c.Store, 1, "v2")
+	if _, err := c.Record(ctx, fresh); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(cfg.Lease + time.Second) // past the suspect time (a lease after the takeover)
+	later := opsPerShard(c.Store, 1, "v3")
+	if _, err := c.Record(ctx, later); err != nil {
+		t.Fatal(err)
+	}
+	handed, _, err := c.Pending(ctx, engine.OriginEvent, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range handed {
+		if op.VersionID == "v3" && !op.WriteStarted.IsZero() {
+			t.Errorf("%s, recorded after the suspect time, handed as possibly written", op)
+		}
+	}
+}
+
 // A clean stop hands every shard over at once: the others own them
 // within a tick, not a lease, and hand their ops out as they are.
 func TestReleaseHandsOverAtOnce(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -70,6 +71,12 @@ type leaseItem struct {
 	rel     bool
 	want    string
 	renewed string
+	// sus (unix nanoseconds) is the suspect time of the last takeover
+	// from an expired lease: ops recorded before it may have been written
+	// by the node that died. It stays on the item through clean handovers,
+	// so that a node handed the shard before those ops ran still looks
+	// for their replicas first.
+	sus int64
 }
 
 type nodeItem struct {
@@ -332,7 +339,7 @@ func (s *Store) readLeases(ctx context.Context) ([]leaseItem, error) {
 			continue
 		}
 		out = append(out, leaseItem{shard: sh, owner: getS(it, "owner"), epoch: getN(it, "ep"), cnt: getN(it, "cnt"),
-			rel: getBool(it, "rel"), want: getS(it, "want"), renewed: getS(it, "renewed")})
+			rel: getBool(it, "rel"), want: getS(it, "want"), renewed: getS(it, "renewed"), sus: getN(it, "sus")})
 	}
 	return out, nil
 }
@@ -709,6 +716,11 @@ func (s *Store) applyOne(ctx context.Context, w leaseWrite) {
 		cond = "ep = :ep AND cnt = :cnt"
 		vals = map[string]types.AttributeValue{":me": str(me), ":ep": num(l.epoch), ":cnt": num(l.cnt),
 			":ep1": num(l.epoch + 1), ":cnt1": num(l.cnt + 1), ":rel": boolean(w.clean), ":now": now}
+		if !w.clean {
+			w.item.sus = suspectTime(time.Now(), s.cfg.Lease)
+			update = strings.Replace(update, " REMOVE", ", sus = :sus REMOVE", 1)
+			vals[":sus"] = num(w.item.sus)
+		}
 	case "want":
 		update = "SET want = :me"
 		cond = "#o = :owner AND ep = :ep AND attribute_not_exists(want)"
@@ -765,14 +777,14 @@ func (s *Store) applyOne(ctx context.Context, w leaseWrite) {
 		}
 		// Given up locally meanwhile (deadline): back, but our own writes
 		// from before may have landed late.
-		s.gainLocked(l.shard, l.epoch, sent, false)
+		s.gainLocked(l.shard, l.epoch, sent, false, l.sus)
 	case "gain":
-		s.gainLocked(l.shard, l.epoch, sent, w.clean)
+		s.gainLocked(l.shard, l.epoch, sent, w.clean, l.sus)
 	case "take":
 		if l.owner != "" {
 			s.stats.TakenOver++
 		}
-		s.gainLocked(l.shard, l.epoch+1, sent, w.clean)
+		s.gainLocked(l.shard, l.epoch+1, sent, w.clean, w.item.sus)
 	case "handover":
 		s.log.Info("shard handed over", "shard", l.shard, "to", w.to, "clean", w.clean)
 		s.stats.HandedOver++
@@ -788,15 +800,33 @@ func (s *Store) logEveryLocked(msg, kind string, shard int, err error) {
 	s.log.Warn(msg, "table", s.cfg.Table, "write", kind, "shard", shard, "err", err)
 }
 
-func (s *Store) gainLocked(shard int, epoch int64, sent time.Time, clean bool) {
+// suspectTime is when ops stop being suspect after a takeover at now:
+// ops recorded until well after it (another node's clock may run ahead of
+// ours by up to a lease) may have been written by the previous owner.
+func suspectTime(now time.Time, lease time.Duration) int64 {
+	return now.Add(lease).UnixNano()
+}
+
+// gainLocked starts holding a shard. sus is the suspect time the lease
+// item carries from the last takeover from an expired lease (0: none).
+func (s *Store) gainLocked(shard int, epoch int64, sent time.Time, clean bool, sus int64) {
 	l := &lease{epoch: epoch, renewed: sent}
 	if !clean {
-		// Ops recorded until well after now (another node's clock may run
-		// ahead of ours by up to a lease) may have been written by the
-		// previous owner.
-		l.suspectBefore = sent.Add(s.cfg.Lease)
+		sus = max(sus, suspectTime(sent, s.cfg.Lease))
 		l.settleUntil = time.Now().Add(s.margin())
-		time.AfterFunc(s.margin(), s.signal) // the engine asks for the shard's ops then
+	} else if sus != 0 {
+		// Handed over by a node that took the shard from an expired lease:
+		// the dead node's last requests may still be landing until a
+		// margin after that takeover.
+		if settle := time.Unix(0, sus).Add(s.margin() - s.cfg.Lease); settle.After(time.Now()) {
+			l.settleUntil = settle
+		}
+	}
+	if sus != 0 {
+		l.suspectBefore = time.Unix(0, sus)
+	}
+	if !l.settleUntil.IsZero() {
+		time.AfterFunc(time.Until(l.settleUntil), s.signal) // the engine asks for the shard's ops then
 	}
 	s.held[shard] = l
 	s.stats.Gained++
