@@ -232,6 +232,7 @@ func TestCluster(t *testing.T) {
 	work.finish(cw.world)
 	t.Logf("cluster: %v while %s: %s", time.Since(start).Round(time.Second), work, strings.Join(chaos, ", "))
 	took, missing, extra := cw.waitReplicaLate(keys, 120*time.Second, cw.lateLogged)
+	missing = unexplained(missing, mergedMarkers(logsOf(cw.runs)...))
 	if len(missing) > 0 {
 		for _, m := range missing {
 			t.Log(cw.describeKey(m.key))

@@ -69,8 +69,10 @@ func killLoop(t *testing.T, store testenv.Kind) {
 	work.start(w, rand.New(rand.NewPCG(rng.Uint64(), 1)))
 	keys := work.keys
 	start := time.Now()
+	var runs []*daemon
 	for i := 0; i < kills; i++ {
 		d := w.start()
+		runs = append(runs, d)
 		// Anywhere from at once to a few seconds in: at start-up, while
 		// loading, recording, copying parts or completing.
 		time.Sleep(time.Duration(rng.IntN(2500)) * time.Millisecond)
@@ -79,7 +81,9 @@ func killLoop(t *testing.T, store testenv.Kind) {
 	work.finish(w)
 	killed := time.Since(start)
 	d := w.start()
+	runs = append(runs, d)
 	took, missing, extra := w.waitReplica(keys, 120*time.Second)
+	missing = unexplained(missing, mergedMarkers(logsOf(runs)...))
 	if took > 30*time.Second || len(missing) > 0 {
 		t.Logf("slow drain or missing versions; the last daemon's warnings:\n%s", warnings(d.logs.String()))
 	}

@@ -280,3 +280,46 @@ func TestLateVersionUnderAMarkerTheStoreDidNotMake(t *testing.T) {
 	w.waitExact([]string{"gone-soon"}, 30*time.Second)
 	d.stop()
 }
+
+// Two delete markers in a row on the source: S3 and versitygw make two on
+// the destination; MinIO makes no marker over a marker and answers with the
+// current one, which then stands for both (counted, and logged). Either
+// way the key is deleted on both sides and its version is kept.
+func TestTwoDeleteMarkersInARow(t *testing.T) {
+	t.Parallel()
+	for _, store := range []testenv.Kind{testenv.VersityGW, testenv.MinIO} {
+		t.Run(string(store), func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, worldOpts{rules: markerRules, dstStore: store})
+			d := w.start()
+			v := w.put("k", []byte("kept"))
+			must(t, w.pub.SendEvents(w.ctx, v))
+			w.waitReplicated("k", v.VersionID, 30*time.Second)
+			for range 2 {
+				dm, err := w.pub.DeleteMarker(w.ctx, w.src, w.srcBucket, "k")
+				must(t, err)
+				must(t, w.pub.SendEvents(w.ctx, dm))
+			}
+			waitFor(t, 30*time.Second, "both markers recorded", func() bool { return w.status().Counts["completed"] == 3 })
+			out, err := w.src.ListObjectVersions(w.ctx, &s3.ListObjectVersionsInput{Bucket: &w.srcBucket, Prefix: aws.String("k")})
+			must(t, err)
+			if len(out.Versions) != 1 || len(out.DeleteMarkers) != 2 {
+				t.Fatalf("source: %d versions and %d markers, want 1 and 2", len(out.Versions), len(out.DeleteMarkers))
+			}
+			vs, markers := w.destVersions("k")
+			merged := d.metric("s3replicad_delete_markers_merged_total", "rule", "all")
+			want := 2.0
+			if store == testenv.MinIO {
+				want = 1
+			}
+			if len(vs) != 1 || float64(len(markers)) != want || !aws.ToBool(markers[0].IsLatest) || float64(len(markers))+merged != 2 {
+				t.Fatalf("destination: %d versions and %d markers (the newest current: %v), %v merged; want 1 version, %v markers, and the markers plus the merged 2",
+					len(vs), len(markers), len(markers) > 0 && aws.ToBool(markers[0].IsLatest), merged, want)
+			}
+			if merged == 1 && !strings.Contains(d.logs.String(), "made no second delete marker") {
+				t.Fatal("a merged marker was counted but not logged")
+			}
+			d.stop()
+		})
+	}
+}

@@ -101,7 +101,7 @@ func digest(w *world, c *s3.Client, bucket, key, version string) (string, error)
 // missingVersion is a source version (or delete marker) with no replica.
 type missingVersion struct {
 	key, version string
-	marker       bool
+	markers      int // delete markers missing (version names them)
 }
 
 // replicaProblems compares the destination with the source for keys, as
@@ -202,7 +202,7 @@ func replicaProblems(w *world, keys []string) ([]string, []missingVersion, map[s
 			bad("%s: destination versions %v replicate %s, which the source does not have", key, ids, sv)
 		}
 		if dstMarkers < srcMarkers {
-			missing = append(missing, missingVersion{key: key, version: fmt.Sprintf("(%d of %d delete markers)", srcMarkers-dstMarkers, srcMarkers), marker: true})
+			missing = append(missing, missingVersion{key: key, version: fmt.Sprintf("(%d of %d delete markers)", srcMarkers-dstMarkers, srcMarkers), markers: srcMarkers - dstMarkers})
 		} else if dstMarkers > srcMarkers {
 			extra[key] += dstMarkers - srcMarkers
 		}
@@ -250,6 +250,46 @@ func (w *world) waitExact(keys []string, within time.Duration) time.Duration {
 func (w *world) waitReplica(keys []string, within time.Duration) (time.Duration, []missingVersion, int) {
 	w.t.Helper()
 	return w.waitReplicaLate(keys, within, func() int { return int(w.lateVersions()) })
+}
+
+// mergedMarkers counts, per key, the delete markers the daemons' logs say
+// the destination merged into the current one (MinIO makes no marker over
+// a marker): each explains one marker missing there.
+func mergedMarkers(logs ...string) map[string]int {
+	out := map[string]int{}
+	for _, text := range logs {
+		for _, line := range strings.Split(text, "\n") {
+			if !strings.Contains(line, "made no second delete marker") {
+				continue
+			}
+			for _, f := range strings.Fields(line) {
+				if key, ok := strings.CutPrefix(f, "key="); ok {
+					out[key]++
+				}
+			}
+		}
+	}
+	return out
+}
+
+func logsOf(runs []*daemon) []string {
+	var out []string
+	for _, d := range runs {
+		out = append(out, d.logs.String())
+	}
+	return out
+}
+
+// unexplained drops from missing the delete markers that merged explains.
+func unexplained(missing []missingVersion, merged map[string]int) []missingVersion {
+	var out []missingVersion
+	for _, m := range missing {
+		if m.markers > 0 && m.markers <= merged[m.key] {
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
 }
 
 // waitReplicaLate is waitReplica with late versions counted by late.

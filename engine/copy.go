@@ -71,6 +71,14 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 		if err != nil {
 			return "", fmt.Errorf("put delete marker on %s/%s: %w", op.DestBucket, op.DestKey, err)
 		}
+		if last, ok, err := e.cfg.State.LastWritten(ctx, op.DestKeyID()); err == nil && ok && v != "" &&
+			last.NewestMarker && last.LastReplica == VersionDigest(v) {
+			// The store answered with the marker that was current (MinIO
+			// makes no marker on a marker): one marker stands for two.
+			e.m.markersMerged.WithLabelValues(op.Rule).Inc()
+			e.log.Info("the destination made no second delete marker over its current one: that one stands for this one too",
+				"rule", op.Rule, "key", op.Key, "version", op.VersionID, "replica", v)
+		}
 		return v, nil
 	}
 	if cp := e.copier(op.Dest, dest); cp != nil {

@@ -17,6 +17,7 @@ type metrics struct {
 	latency       *prometheus.HistogramVec
 	deletes       *prometheus.CounterVec
 	superseded    *prometheus.CounterVec
+	markersMerged *prometheus.CounterVec
 	late          *prometheus.CounterVec
 	skipped       *prometheus.CounterVec
 	sourceBytes   prometheus.Counter
@@ -75,6 +76,10 @@ func newMetrics(reg prometheus.Registerer, rules Rules, dests []string, oldest f
 			Name: "s3replicad_superseded_total",
 			Help: "Versions not written: a null version replaced in place on the source before it was copied.",
 		}, []string{"rule"}),
+		markersMerged: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "s3replicad_delete_markers_merged_total",
+			Help: "Delete markers the destination made no marker of its own for, because its current version was a delete marker already (MinIO): the existing marker stands for both.",
+		}, []string{"rule"}),
 		late: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "s3replicad_late_versions_total",
 			Help: "Versions written after a newer version of their key (their event came late), each followed by a copy of the newest on top so that it stays current.",
@@ -121,7 +126,7 @@ func newMetrics(reg prometheus.Registerer, rules Rules, dests []string, oldest f
 		}, oldest),
 	}
 	reg.MustRegister(m.events, m.replicated, m.bytes, m.pending, m.bytesPending, m.failed, m.latency,
-		m.deletes, m.superseded, m.late, m.skipped, m.sourceBytes, m.inStoreBytes, m.concurrency, m.throttled,
+		m.deletes, m.superseded, m.markersMerged, m.late, m.skipped, m.sourceBytes, m.inStoreBytes, m.concurrency, m.throttled,
 		m.queueErrors, m.queueRefused, m.oldestPending, m.intakePaused, m.stateErrors)
 	// Every series whose labels are known now starts at zero so that rate()
 	// and absence alerts work before the first event.
@@ -140,6 +145,7 @@ func newMetrics(reg prometheus.Registerer, rules Rules, dests []string, oldest f
 		m.latency.WithLabelValues(r.ID)
 		m.deletes.WithLabelValues(r.ID)
 		m.superseded.WithLabelValues(r.ID)
+		m.markersMerged.WithLabelValues(r.ID)
 		m.late.WithLabelValues(r.ID)
 		m.skipped.WithLabelValues(r.ID)
 		for _, reason := range Reasons {
