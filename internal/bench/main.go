@@ -137,6 +137,9 @@ type measurement struct {
 	// bytes) from its first answer on /metrics to the end of the copy:
 	// unlike CPU time, they do not depend on what else the machine runs.
 	mallocs, allocBytes float64
+	// reads and writes are s3replicad's read and write system calls
+	// (all of them: sockets, the state file, logs), counted by the kernel.
+	reads, writes float64
 }
 
 // serverUse is the servers' CPU since before: both S3 servers and, apart,
@@ -452,7 +455,7 @@ rules:
 	}
 	want := float64(len(w.events))
 	var wall, serverCPU, sqsCPU, startup, intake time.Duration
-	var mallocs0, bytes0, mallocs, allocBytes float64
+	var mallocs0, bytes0, mallocs, allocBytes, reads, writes float64
 	for {
 		text := testenv.Scrape(listen)
 		if startup == 0 && text != "" {
@@ -466,6 +469,7 @@ rules:
 			wall = time.Since(start)
 			serverCPU, sqsCPU = b.serverUse(cpu0)
 			mallocs = metric(text, "go_memstats_mallocs_total") - mallocs0
+			reads, writes = syscalls(cmd.Process.Pid)
 			allocBytes = metric(text, "go_memstats_alloc_bytes_total") - bytes0
 			break
 		}
@@ -492,6 +496,7 @@ rules:
 	m := usage(cmd.ProcessState)
 	m.wall, m.serverCPU, m.sqsCPU, m.startup, m.intake = wall, serverCPU, sqsCPU, startup, intake
 	m.mallocs, m.allocBytes = mallocs, allocBytes
+	m.reads, m.writes = reads, writes
 	return m, b.check(ctx, bucket, w)
 }
 
@@ -638,6 +643,24 @@ func fetchProfile(socket, listen, name, path string) error {
 	return err
 }
 
+// syscalls returns the read and write system calls a process has made
+// so far (Linux; zero elsewhere).
+func syscalls(pid int) (reads, writes float64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "syscr: "); ok {
+			fmt.Sscan(v, &reads)
+		}
+		if v, ok := strings.CutPrefix(line, "syscw: "); ok {
+			fmt.Sscan(v, &writes)
+		}
+	}
+	return reads, writes
+}
+
 func usage(ps *os.ProcessState) measurement {
 	ru, ok := ps.SysUsage().(*syscall.Rusage)
 	if !ok {
@@ -650,8 +673,9 @@ func (m measurement) line(w *workload) string {
 	s := m.wall.Seconds()
 	up := ""
 	if m.startup > 0 {
-		up = fmt.Sprintf("  (start-up %.2fs, events in %.2fs; %.0f allocs, %.1f KiB allocated per object)", m.startup.Seconds(), m.intake.Seconds(),
-			m.mallocs/float64(len(w.events)), m.allocBytes/kib/float64(len(w.events)))
+		n := float64(len(w.events))
+		up = fmt.Sprintf("  (start-up %.2fs, events in %.2fs; per object %.0f allocs, %.1f KiB allocated, %.1f read and %.1f write calls)",
+			m.startup.Seconds(), m.intake.Seconds(), m.mallocs/n, m.allocBytes/kib/n, m.reads/n, m.writes/n)
 	}
 	return fmt.Sprintf("%7.2fs %8.1f obj/s %7.1f MB/s  cpu %5.2fs (%.3f ms/obj)  rss %6.1f MiB  S3 servers' cpu %5.2fs, SQS %4.2fs%s",
 		s, float64(len(w.events))/s, float64(w.bytes)/1e6/s, m.cpu.Seconds(), cpuPerObject(m, w), float64(m.maxRSS)/mib, m.serverCPU.Seconds(), m.sqsCPU.Seconds(), up)
