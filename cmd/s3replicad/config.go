@@ -828,6 +828,5 @@ func (q QueueConfig) queueConfig(callTimeout time.Duration) sqsqueue.Config {
 		URL: q.URL, Region: q.Region, Endpoint: q.Endpoint, AccessKeyID: q.AccessKeyID,
 		SecretAccessKey: q.SecretAccessKey.Reveal(), WaitTime: q.WaitTime.D(),
 		VisibilityTimeout: q.VisibilityTimeout.D(), CAFile: q.CAFile, CallTimeout: callTimeout,
-		UserAgent: "s3replicad/" + version,
 	}
 }
