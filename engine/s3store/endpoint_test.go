@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -248,4 +249,48 @@ func TestParallelRequestsShareEndpoints(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// headerCheck records the headers of the requests it answers.
+type headerCheck struct {
+	canned
+	mu   sync.Mutex
+	seen []http.Header
+}
+
+func (h *headerCheck) Do(r *http.Request) (*http.Response, error) {
+	h.mu.Lock()
+	h.seen = append(h.seen, r.Header.Clone())
+	h.mu.Unlock()
+	return h.canned.Do(r)
+}
+
+// Requests are signed and carry no SDK invocation id.
+func TestNoInvocationID(t *testing.T) {
+	hc := &headerCheck{canned: canned{body: []byte("x")}}
+	st, err := New(context.Background(), Config{Endpoint: "https://s3.example.net", PathStyle: true, AccessKeyID: "AK", SecretAccessKey: "SK",
+		UserAgent: "s3replicad/test", HTTPClient: hc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := st.Put(ctx, "bucket", "k", engine.ObjectMeta{}, engine.Payload{Data: []byte("x"), CRC32C: crc32.Checksum([]byte("x"), crc32.MakeTable(crc32.Castagnoli))}); err != nil {
+		t.Fatal(err)
+	}
+	obj, err := st.Get(ctx, engine.VersionRef{Bucket: "bucket", Key: "k"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj.Body.Close()
+	if _, err := st.Versioning(ctx, "bucket"); err != nil {
+		t.Fatal(err)
+	}
+	for i, h := range hc.seen {
+		if h.Get("Amz-Sdk-Invocation-Id") != "" || !strings.HasPrefix(h.Get("Authorization"), "AWS4-HMAC-SHA256 ") || h.Get("User-Agent") != "s3replicad/test" {
+			t.Errorf("request %d: invocation id %q, authorization %q, user agent %q", i, h.Get("Amz-Sdk-Invocation-Id"), h.Get("Authorization"), h.Get("User-Agent"))
+		}
+	}
+	if len(hc.seen) != 3 {
+		t.Fatalf("%d requests", len(hc.seen))
+	}
 }
