@@ -195,15 +195,6 @@ func StaticUserAgent(ua string) func(*middleware.Stack) error {
 	}
 }
 
-// withoutInvocationID leaves out the SDK's amz-sdk-invocation-id header,
-// a fresh random UUID per request that only the SDK's own telemetry reads
-// (stores log their x-amz-request-id): making it, signing it and sending
-// it was 3% of the SDK's work on a small object's GET or PUT.
-func withoutInvocationID(st *middleware.Stack) error {
-	_, _ = st.Build.Remove("ClientRequestID") // absent: nothing to leave out
-	return nil
-}
-
 // Client exposes the SDK client (check-config and verify use it directly).
 func (s *Store) Client() *s3.Client { return s.client }
 
