@@ -8,6 +8,7 @@ package event
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -90,6 +91,14 @@ func Decode(body []byte) ([]Record, error) {
 	if len(body) == 0 {
 		return nil, malformed("empty body")
 	}
+	if recs, ok := decodeS3Once(body); ok {
+		return recs, nil
+	}
+	return decodeGeneral(body)
+}
+
+// decodeGeneral decodes a trimmed, non-empty body of any accepted shape.
+func decodeGeneral(body []byte) ([]Record, error) {
 	var probe struct {
 		Records    json.RawMessage `json:"Records"`
 		Type       string          `json:"Type"`
@@ -141,11 +150,97 @@ type s3Record struct {
 	} `json:"s3"`
 }
 
+// decodeS3Once decodes what S3 itself sends, a body with one Records list,
+// in one pass of the JSON decoder rather than four (a probe for the shape,
+// then the records again): on a busy bucket that is most of the decoder's
+// work. It answers only when the answer is sure to be the general path's:
+// ok is false for anything else (another shape, an error to describe, or a
+// body in which "Records" may appear twice, where encoding/json would merge
+// the two lists into one, spelled in any case, escaped or folded), and the
+// caller then takes the general path.
+func decodeS3Once(body []byte) ([]Record, bool) {
+	if !oneRecordsKey(body) {
+		return nil, false
+	}
+	var msg struct {
+		Records *[]s3Record `json:"Records"`
+		// The probe's other fields, so that a body the probe refuses is
+		// refused here too.
+		Type       string          `json:"Type"`
+		Message    *string         `json:"Message"`
+		DetailType string          `json:"detail-type"`
+		Detail     json.RawMessage `json:"detail"`
+		Event      string          `json:"Event"`
+	}
+	if err := json.Unmarshal(body, &msg); err != nil || msg.Records == nil {
+		return nil, false
+	}
+	recs, err := s3Records(*msg.Records)
+	if err != nil {
+		return nil, false
+	}
+	return recs, true
+}
+
+// oneRecordsKey reports whether body is ASCII without \u escapes and has
+// one string ending in "ecords", in any case: then "Records" (as
+// encoding/json matches names: case-insensitively, with Unicode folding,
+// after unescaping) can be a key once at most. It looks at a word of bytes
+// at a time and only at the quotes, so that it costs the decoder little.
+func oneRecordsKey(body []byte) bool {
+	if bytes.Contains(body, []byte(`\u`)) {
+		return false
+	}
+	i := 0
+	for ; i+8 <= len(body); i += 8 {
+		if binary.LittleEndian.Uint64(body[i:])&0x8080808080808080 != 0 {
+			return false
+		}
+	}
+	for ; i < len(body); i++ {
+		if body[i] >= 0x80 {
+			return false
+		}
+	}
+	const name = "ecords"
+	n := 0
+	for i := 0; ; i++ {
+		j := bytes.IndexByte(body[i:], '"')
+		if j < 0 {
+			return n == 1
+		}
+		i += j
+		if i >= len(name) && asciiFold(body[i-len(name):i], name) {
+			if n++; n > 1 {
+				return false
+			}
+		}
+	}
+}
+
+func asciiFold(b []byte, s string) bool {
+	for i := range len(s) {
+		c := b[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
+}
+
 func decodeS3(raw json.RawMessage) ([]Record, error) {
 	var recs []s3Record
 	if err := json.Unmarshal(raw, &recs); err != nil {
 		return nil, malformed("Records is not a list of records: %v", err)
 	}
+	return s3Records(recs)
+}
+
+// s3Records checks and converts decoded S3 records.
+func s3Records(recs []s3Record) ([]Record, error) {
 	if len(recs) == 0 {
 		return nil, malformed("Records is empty")
 	}

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -171,4 +172,120 @@ func (l smallBuffers) Accept() (net.Conn, error) {
 		_ = tc.SetReadBuffer(32 << 10)
 	}
 	return c, err
+}
+
+// countingConn counts the writes that reach it and keeps their bytes.
+type countingConn struct {
+	net.Conn
+	mu     sync.Mutex
+	writes int
+	data   bytes.Buffer
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.writes++
+	return c.data.Write(b)
+}
+
+// While gathering, records leave in as few writes as the buffer allows, in
+// order; outside, each write goes as it is; writes from another goroutine
+// (TLS's reader answering a key update) are safe meanwhile.
+func TestRecordsGathered(t *testing.T) {
+	under := &countingConn{}
+	rc := newRecordConn(under)
+	record := func(b byte) []byte { return bytes.Repeat([]byte{b}, maxRecord+29) }
+	var want bytes.Buffer
+	rc.gather()
+	for i := range 6 {
+		r := record(byte('a' + i))
+		want.Write(r)
+		if n, err := rc.Write(r); err != nil || n != len(r) {
+			t.Fatalf("write %d: %d, %v", i, n, err)
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { _, _ = rc.Write(nil) })
+	wg.Wait()
+	if err := rc.release(); err != nil {
+		t.Fatal(err)
+	}
+	if under.writes != 2 || !bytes.Equal(under.data.Bytes(), want.Bytes()) {
+		t.Fatalf("6 records in %d writes (want 2), bytes equal: %v", under.writes, bytes.Equal(under.data.Bytes(), want.Bytes()))
+	}
+	if _, err := rc.Write([]byte("after")); err != nil || under.writes != 3 {
+		t.Fatalf("a write outside a gather: %v, %d writes", err, under.writes)
+	}
+}
+
+// A request body sent over TLS with its records gathered arrives whole.
+func TestGatheredBodyArrives(t *testing.T) {
+	body := make([]byte, 1<<20+12345)
+	for i := range body {
+		body[i] = byte(i * 31)
+	}
+	srv, c := tlsServer(t, 5*time.Second, func(w http.ResponseWriter, r *http.Request) {
+		got, err := io.ReadAll(r.Body)
+		if err != nil || !bytes.Equal(got, body) {
+			http.Error(w, "body differs", http.StatusBadRequest)
+		}
+	})
+	for range 3 {
+		// An in-memory body as the SDK hands it over: without WriterTo.
+		req, _ := http.NewRequest(http.MethodPut, srv.URL, io.NopCloser(struct{ io.Reader }{bytes.NewReader(body)}))
+		req.ContentLength = int64(len(body))
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+}
+
+// An upload whose records are being gathered still notices a server that
+// stops reading, and is abandoned after the stall timeout; a slow reader
+// is not mistaken for one.
+func TestGatheredUploadStallsAndTrickles(t *testing.T) {
+	const stall = 300 * time.Millisecond
+	release := make(chan struct{})
+	defer close(release)
+	srv, c := tlsServer(t, stall, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/stall" {
+			<-release // reads nothing
+			return
+		}
+		buf := make([]byte, 32<<10)
+		for {
+			if _, err := r.Body.Read(buf); err != nil {
+				return
+			}
+			time.Sleep(15 * time.Millisecond)
+		}
+	})
+	wrapped := func(n int) io.Reader { return struct{ io.Reader }{bytes.NewReader(make([]byte, n))} }
+	req, _ := http.NewRequest(http.MethodPut, srv.URL+"/stall", wrapped(16<<20))
+	req.ContentLength = 16 << 20
+	start := time.Now()
+	_, err := c.Do(req)
+	if !errors.Is(err, ErrStalled) {
+		t.Fatalf("err = %v, want a stall", err)
+	}
+	if d := time.Since(start); d > 10*stall {
+		t.Fatalf("abandoned after %v", d)
+	}
+	req, _ = http.NewRequest(http.MethodPut, srv.URL+"/slow", wrapped(2<<20))
+	req.ContentLength = 2 << 20
+	start = time.Now()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("slowly read upload failed after %v: %v", time.Since(start), err)
+	}
+	resp.Body.Close()
+	if time.Since(start) < 2*stall {
+		t.Fatalf("the upload took %v: the test proves nothing", time.Since(start))
+	}
 }

@@ -4,6 +4,7 @@ package sqsqueue
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -29,6 +30,13 @@ type Config struct {
 	// CallTimeout bounds every call but a long poll, which gets WaitTime
 	// plus CallTimeout (0: 30s).
 	CallTimeout time.Duration
+	// UserAgent, when set, is sent instead of the SDK's, which the SDK
+	// rebuilds for every request.
+	UserAgent string
+	// HTTPClient replaces the client built from CAFile (tests use it).
+	HTTPClient interface {
+		Do(*http.Request) (*http.Response, error)
+	}
 }
 
 // Queue is an SQS queue.
@@ -53,10 +61,14 @@ func New(ctx context.Context, c Config) (*Queue, error) {
 	}
 	// A long poll is silent by design: calls get context deadlines rather
 	// than the S3 transport's stall deadline.
-	hc, err := s3store.NewHTTPClient(s3store.TransportConfig{CAFile: c.CAFile, MaxConns: 16,
-		StallTimeout: c.CallTimeout, NoProgressDeadline: true})
-	if err != nil {
-		return nil, err
+	var hc interface {
+		Do(*http.Request) (*http.Response, error)
+	} = c.HTTPClient
+	if hc == nil {
+		if hc, err = s3store.NewHTTPClient(s3store.TransportConfig{CAFile: c.CAFile, MaxConns: 16,
+			StallTimeout: c.CallTimeout, NoProgressDeadline: true}); err != nil {
+			return nil, err
+		}
 	}
 	client := sqs.NewFromConfig(awsCfg, func(o *sqs.Options) {
 		o.HTTPClient = hc
@@ -65,6 +77,9 @@ func New(ctx context.Context, c Config) (*Queue, error) {
 		}
 		// The engine retries receives and deletes with its own backoff.
 		o.Retryer = aws.NopRetryer{}
+		if c.UserAgent != "" {
+			o.APIOptions = append(o.APIOptions, s3store.StaticUserAgent(c.UserAgent))
+		}
 	})
 	return &Queue{client: client, cfg: c}, nil
 }

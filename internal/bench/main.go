@@ -14,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -52,6 +53,9 @@ type options struct {
 	destKeys  string
 	queueKeys string
 	plain     bool
+	bin       string
+	// profileSecs is how long each CPU profile runs.
+	profileSecs int
 }
 
 func main() {
@@ -71,7 +75,9 @@ func main() {
 	flag.BoolVar(&o.skipRC, "no-rclone", false, "measure s3replicad alone")
 	flag.StringVar(&o.workloads, "workloads", "w1,w2", "workloads to run")
 	flag.StringVar(&o.profile, "cpuprofile", "", "save a CPU profile of each s3replicad run under this prefix")
+	flag.IntVar(&o.profileSecs, "cpuprofile-seconds", 4, "length of each CPU profile (-cpuprofile); make it cover the run")
 	flag.BoolVar(&o.plain, "plain", false, "serve S3 over plain HTTP instead of HTTPS with a private CA")
+	flag.StringVar(&o.bin, "bin", "", "the s3replicad binary to measure (default: bin/s3replicad of this checkout), e.g. an older build to compare with")
 	flag.Parse()
 	var err error
 	for _, p := range []struct {
@@ -127,6 +133,13 @@ type measurement struct {
 	sqsCPU    time.Duration
 	startup   time.Duration // s3replicad: until it serves /metrics
 	intake    time.Duration // s3replicad: until every event was received
+	// mallocs and allocBytes are s3replicad's heap allocations (count and
+	// bytes) from its first answer on /metrics to the end of the copy:
+	// unlike CPU time, they do not depend on what else the machine runs.
+	mallocs, allocBytes float64
+	// reads and writes are s3replicad's read and write system calls
+	// (all of them: sockets, the state file, logs), counted by the kernel.
+	reads, writes float64
 }
 
 // serverUse is the servers' CPU since before: both S3 servers and, apart,
@@ -160,6 +173,9 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	b := &bench{o: o, root: root, srcBkt: "bench-src", binPath: filepath.Join(root, "bin", "s3replicad")}
+	if o.bin != "" {
+		b.binPath = o.bin
+	}
 	if _, err := os.Stat(b.binPath); err != nil {
 		return fmt.Errorf("%s missing: run `make build` (make bench does)", b.binPath)
 	}
@@ -432,17 +448,19 @@ rules:
 	if b.o.profile != "" {
 		go func() {
 			defer close(profiled)
-			saveProfile(filepath.Join(dir, "state", "admin.sock"), fmt.Sprintf("%s-%s.pprof", b.o.profile, bucket))
+			saveProfile(filepath.Join(dir, "state", "admin.sock"), listen, b.o.profileSecs, fmt.Sprintf("%s-%s.pprof", b.o.profile, bucket))
 		}()
 	} else {
 		close(profiled)
 	}
 	want := float64(len(w.events))
 	var wall, serverCPU, sqsCPU, startup, intake time.Duration
+	var mallocs0, bytes0, mallocs, allocBytes, reads, writes float64
 	for {
 		text := testenv.Scrape(listen)
 		if startup == 0 && text != "" {
 			startup = time.Since(start)
+			mallocs0, bytes0 = metric(text, "go_memstats_mallocs_total"), metric(text, "go_memstats_alloc_bytes_total")
 		}
 		if intake == 0 && sumMetric(text, "s3replicad_events_received_total{") >= want {
 			intake = time.Since(start)
@@ -450,6 +468,9 @@ rules:
 		if metric(text, `s3replicad_replicated_objects_total{rule="bench"}`) >= want {
 			wall = time.Since(start)
 			serverCPU, sqsCPU = b.serverUse(cpu0)
+			mallocs = metric(text, "go_memstats_mallocs_total") - mallocs0
+			reads, writes = syscalls(cmd.Process.Pid)
+			allocBytes = metric(text, "go_memstats_alloc_bytes_total") - bytes0
 			break
 		}
 		if f := sumMetric(text, "s3replicad_operations_failed_total{"); f > 0 {
@@ -462,11 +483,11 @@ rules:
 			_ = cmd.Wait()
 			return measurement{}, fmt.Errorf("not drained (see %s)", logf.Name())
 		}
-		time.Sleep(25 * time.Millisecond)
+		time.Sleep(pollEvery(text, metric(text, `s3replicad_replicated_objects_total{rule="bench"}`), want, time.Since(start)))
 	}
 	<-profiled
 	if b.o.profile != "" {
-		_ = testenv.FetchProfile(filepath.Join(dir, "state", "admin.sock"), "allocs", fmt.Sprintf("%s-%s.allocs", b.o.profile, bucket))
+		_ = fetchProfile(filepath.Join(dir, "state", "admin.sock"), listen, "allocs", fmt.Sprintf("%s-%s.allocs", b.o.profile, bucket))
 	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
@@ -474,7 +495,24 @@ rules:
 	}
 	m := usage(cmd.ProcessState)
 	m.wall, m.serverCPU, m.sqsCPU, m.startup, m.intake = wall, serverCPU, sqsCPU, startup, intake
+	m.mallocs, m.allocBytes = mallocs, allocBytes
+	m.reads, m.writes = reads, writes
 	return m, b.check(ctx, bucket, w)
+}
+
+// pollEvery is how long to wait before scraping the daemon again. Every
+// scrape costs the daemon CPU (gathering and encoding every family, the
+// process collector's reads of /proc), which is not the daemon's work: at
+// a fixed 25 ms it was about 2.5% of the CPU measured on W1. So the bench
+// scrapes rarely while the end is far, judged from the rate so far, and
+// often as it nears, to time the end as closely as before.
+func pollEvery(text string, done, want float64, elapsed time.Duration) time.Duration {
+	const fast, slow = 10 * time.Millisecond, 250 * time.Millisecond
+	if text == "" || done <= 0 || done >= want {
+		return fast // starting, or not copying yet: time the start closely
+	}
+	eta := time.Duration((want - done) / done * float64(elapsed))
+	return min(max(eta/3, fast), slow)
 }
 
 // runRclone copies w's prefix with rclone into a fresh bucket.
@@ -569,16 +607,58 @@ func (b *bench) memCheck(ctx context.Context) error {
 	return nil
 }
 
-// saveProfile fetches the daemon's CPU profile, over its admin socket,
-// for as long as a run of the workloads here takes.
-func saveProfile(socket, path string) {
-	for range 200 {
+// saveProfile fetches the daemon's CPU profile for as long as a run of
+// the workloads here takes.
+func saveProfile(socket, listen string, seconds int, path string) {
+	_ = fetchProfile(socket, listen, fmt.Sprintf("profile?seconds=%d", seconds), path)
+}
+
+// fetchProfile saves one of the daemon's profiles, from its admin socket
+// or, from a build older than the socket (compared with -bin), from
+// listen, whichever answers first.
+func fetchProfile(socket, listen, name, path string) error {
+	for range 300 {
 		if _, err := os.Stat(socket); err == nil {
-			break
+			return testenv.FetchProfile(socket, name, path)
+		}
+		if resp, err := http.Get("http://" + listen + "/debug/pprof/"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	_ = testenv.FetchProfile(socket, "profile?seconds=4", path)
+	resp, err := http.Get("http://" + listen + "/debug/pprof/" + name)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
+}
+
+// syscalls returns the read and write system calls a process has made
+// so far (Linux; zero elsewhere).
+func syscalls(pid int) (reads, writes float64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "syscr: "); ok {
+			fmt.Sscan(v, &reads)
+		}
+		if v, ok := strings.CutPrefix(line, "syscw: "); ok {
+			fmt.Sscan(v, &writes)
+		}
+	}
+	return reads, writes
 }
 
 func usage(ps *os.ProcessState) measurement {
@@ -593,10 +673,22 @@ func (m measurement) line(w *workload) string {
 	s := m.wall.Seconds()
 	up := ""
 	if m.startup > 0 {
-		up = fmt.Sprintf("  (start-up %.2fs, events in %.2fs)", m.startup.Seconds(), m.intake.Seconds())
+		n := float64(len(w.events))
+		up = fmt.Sprintf("  (start-up %.2fs, events in %.2fs; per object %.0f allocs, %.1f KiB allocated, %.1f read and %.1f write calls)",
+			m.startup.Seconds(), m.intake.Seconds(), m.mallocs/n, m.allocBytes/kib/n, m.reads/n, m.writes/n)
 	}
-	return fmt.Sprintf("%7.2fs %8.1f obj/s %7.1f MB/s  cpu %5.2fs  rss %6.1f MiB  S3 servers' cpu %5.2fs, SQS %4.2fs%s",
-		s, float64(len(w.events))/s, float64(w.bytes)/1e6/s, m.cpu.Seconds(), float64(m.maxRSS)/mib, m.serverCPU.Seconds(), m.sqsCPU.Seconds(), up)
+	return fmt.Sprintf("%7.2fs %8.1f obj/s %7.1f MB/s  cpu %5.2fs (%.3f ms/obj)  rss %6.1f MiB  S3 servers' cpu %5.2fs, SQS %4.2fs%s",
+		s, float64(len(w.events))/s, float64(w.bytes)/1e6/s, m.cpu.Seconds(), cpuPerObject(m, w), float64(m.maxRSS)/mib, m.serverCPU.Seconds(), m.sqsCPU.Seconds(), up)
+}
+
+// cpuPerObject is a run's CPU time (user and system) per object copied, in
+// milliseconds: on a busy bucket of small objects, the daemon's CPU is what
+// bounds its rate (and, on a shared machine, the stores').
+func cpuPerObject(m measurement, w *workload) float64 {
+	if len(w.events) == 0 {
+		return 0
+	}
+	return m.cpu.Seconds() * 1e3 / float64(len(w.events))
 }
 
 func median(ms []measurement, f func(measurement) float64) float64 {
@@ -620,17 +712,22 @@ func report(w *workload, sr, rc []measurement) {
 	rss := func(m measurement) float64 { return float64(m.maxRSS) / mib }
 	fmt.Printf("\n%s, medians of %d rounds\n", w.name, len(sr))
 	srvCPU := func(m measurement) float64 { return m.serverCPU.Seconds() }
-	fmt.Printf("  %-10s %8s %10s %9s %8s %10s %17s\n", "tool", "wall s", "objects/s", "MB/s", "CPU s", "peak RSS", "S3 servers' CPU s")
+	perObj := func(m measurement) float64 { return cpuPerObject(m, w) }
+	fmt.Printf("  %-10s %8s %10s %9s %8s %11s %10s %17s\n", "tool", "wall s", "objects/s", "MB/s", "CPU s", "CPU ms/obj", "peak RSS", "S3 servers' CPU s")
 	row := func(name string, ms []measurement) {
 		s := median(ms, wall)
-		fmt.Printf("  %-10s %8.2f %10.1f %9.1f %8.2f %6.1f MiB %17.2f\n", name, s, float64(len(w.events))/s, float64(w.bytes)/1e6/s,
-			median(ms, cpu), median(ms, rss), median(ms, srvCPU))
+		fmt.Printf("  %-10s %8.2f %10.1f %9.1f %8.2f %11.3f %6.1f MiB %17.2f\n", name, s, float64(len(w.events))/s, float64(w.bytes)/1e6/s,
+			median(ms, cpu), median(ms, perObj), median(ms, rss), median(ms, srvCPU))
 	}
 	row("s3replicad", sr)
+	if n := float64(len(w.events)); n > 0 {
+		fmt.Printf("  %-10s heap allocations per object: %.0f, %.1f KiB\n", "s3replicad",
+			median(sr, func(m measurement) float64 { return m.mallocs / n }), median(sr, func(m measurement) float64 { return m.allocBytes / kib / n }))
+	}
 	if len(rc) > 0 {
 		row("rclone", rc)
-		fmt.Printf("  ratios: speed %.2fx rclone, CPU %.2fx rclone's, peak RSS %.2fx rclone's\n\n",
-			median(rc, wall)/median(sr, wall), median(sr, cpu)/median(rc, cpu), median(sr, rss)/median(rc, rss))
+		fmt.Printf("  ratios: speed %.2fx rclone, CPU %.2fx rclone's (%.3f vs %.3f ms per object), peak RSS %.2fx rclone's\n\n",
+			median(rc, wall)/median(sr, wall), median(sr, cpu)/median(rc, cpu), median(sr, perObj), median(rc, perObj), median(sr, rss)/median(rc, rss))
 	}
 }
 

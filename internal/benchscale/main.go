@@ -19,6 +19,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -48,6 +49,7 @@ type options struct {
 	skipDrain bool
 	dir       string
 	profile   string
+	bin       string
 }
 
 func main() {
@@ -58,6 +60,7 @@ func main() {
 	flag.BoolVar(&o.tls, "tls", false, "serve S3 over HTTPS with a private CA")
 	flag.BoolVar(&o.skipRC, "no-rclone", false, "measure s3replicad alone")
 	flag.StringVar(&o.dir, "dir", "", "work directory (default: a temporary one, removed)")
+	flag.StringVar(&o.bin, "bin", "", "the s3replicad binary to measure (default: bin/s3replicad of this checkout)")
 	flag.StringVar(&o.profile, "cpuprofile", "", "save a 10-second CPU profile of the daemon from 20% of the drain to this file")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -84,6 +87,9 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	b := &scale{o: o, bin: filepath.Join(root, "bin", "s3replicad"), bucket: "scale-src"}
+	if o.bin != "" {
+		b.bin = o.bin
+	}
 	if _, err := os.Stat(b.bin); err != nil {
 		return fmt.Errorf("%s missing: run `make build` (make bench-scale does)", b.bin)
 	}
@@ -207,6 +213,19 @@ func proc(pid int) (time.Duration, int64) {
 	return cpu, hwm
 }
 
+// fetchFromListen saves a profile that an older build serves on listen.
+func fetchFromListen(listen, name, path string) {
+	resp, err := http.Get("http://" + listen + "/debug/pprof/" + name)
+	if err != nil {
+		return
+	}
+	defer resp.Body.Close()
+	if f, err := os.Create(path); err == nil {
+		_, _ = io.Copy(f, resp.Body)
+		f.Close()
+	}
+}
+
 func metric(text, series string) float64 {
 	for _, line := range strings.Split(text, "\n") {
 		if rest, ok := strings.CutPrefix(line, series+" "); ok {
@@ -300,7 +319,14 @@ func (b *scale) drain(ctx context.Context) error {
 		if b.o.profile != "" && !profiling && got >= n/5 {
 			profiling = true
 			go func() {
-				_ = testenv.FetchProfile(filepath.Join(filepath.Dir(cfg), "state", "admin.sock"), "profile?seconds=10", b.o.profile)
+				socket := filepath.Join(filepath.Dir(cfg), "state", "admin.sock")
+				if _, err := os.Stat(socket); err != nil {
+					// A build older than the admin socket (-bin) served
+					// profiles on listen.
+					fetchFromListen(listen, "profile?seconds=10", b.o.profile)
+					return
+				}
+				_ = testenv.FetchProfile(socket, "profile?seconds=10", b.o.profile)
 			}()
 		}
 		for _, pct := range []int{25, 50, 75} {

@@ -1,0 +1,6 @@
+//go:build !race
+
+package budget
+
+// Race is set when the race detector is on.
+const Race = false
