@@ -362,7 +362,7 @@ func (x *tx) save(op *engine.Op, rec []byte) error {
 	x.stats.count(old, -1)
 	x.stats.count(op, 1)
 	if op.State == engine.Completed && old.State != engine.Completed && op.Late() {
-		x.stats[counterKey('l', op.Rule)]++
+		x.stats["l\x00"+op.Rule]++
 	}
 	return x.advanceKey(op)
 }

@@ -15,20 +15,17 @@ import (
 // deltas are counter changes made by one transaction, applied once at its
 // end. Counters: ops by rule and state ("n" rule state), bytes pending by
 // rule ("b" rule), unfinished ops by origin ("o" origin), late versions
-// written with the newest put back on top, by rule ("l" rule).
+// written with the newest put back on top, by rule ("l" rule); the parts
+// NUL-separated, built by concatenation (one allocation per key).
 type deltas map[string]int64
-
-func counterKey(kind byte, parts ...string) string {
-	return string(kind) + "\x00" + strings.Join(parts, "\x00")
-}
 
 // count adds (sign +1) or removes (-1) an op's contribution.
 func (d deltas) count(op *engine.Op, sign int64) {
-	d[counterKey('n', op.Rule, string(op.State))] += sign
+	d["n\x00"+op.Rule+"\x00"+string(op.State)] += sign
 	if unfinished(op.State) {
-		d[counterKey('o', string(op.Origin))] += sign
+		d["o\x00"+string(op.Origin)] += sign
 		if op.Size > 0 {
-			d[counterKey('b', op.Rule)] += sign * op.Size
+			d["b\x00"+op.Rule] += sign * op.Size
 		}
 	}
 }
@@ -38,16 +35,17 @@ func (d deltas) apply(b *bolt.Bucket) error {
 		if v == 0 {
 			continue
 		}
+		key := []byte(k)
 		cur := int64(0)
-		if raw := b.Get([]byte(k)); len(raw) == 8 {
+		if raw := b.Get(key); len(raw) == 8 {
 			cur = int64(binary.BigEndian.Uint64(raw))
 		}
 		cur += v
 		var err error
 		if cur == 0 {
-			err = b.Delete([]byte(k))
+			err = b.Delete(key)
 		} else {
-			err = b.Put([]byte(k), binary.BigEndian.AppendUint64(nil, uint64(cur)))
+			err = b.Put(key, binary.BigEndian.AppendUint64(nil, uint64(cur)))
 		}
 		if err != nil {
 			return err

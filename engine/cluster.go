@@ -191,7 +191,7 @@ func (e *Engine) mayRun(ctx context.Context, op *Op) (context.Context, context.C
 	cur, err := e.cluster.Current(ctx, op)
 	switch {
 	case err != nil:
-		e.retryLater(ctx, op, err, e.log)
+		e.retryLater(ctx, op, err)
 		return nil, nil, false
 	case cur == nil || cur.State.Terminal() && cur.State != Failed:
 		e.forget(op) // finished meanwhile (by this node before, or another)

@@ -733,7 +733,6 @@ func (e *Engine) work(ctx, workCtx context.Context) {
 }
 
 func (e *Engine) runOp(ctx context.Context, op *Op) {
-	log := e.log.With("rule", op.Rule, "bucket", op.Bucket, "key", op.Key, "version", op.VersionID)
 	rule, ok := e.rules.ByID(op.Rule)
 	dest := e.dests[op.Dest]
 	if !ok || dest == nil {
@@ -743,7 +742,7 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 	if op.Sequencer != "" && !op.Late() {
 		last, ok, err := e.cfg.State.LastWritten(ctx, op.DestKeyID())
 		if err != nil {
-			e.retryLater(ctx, op, err, log)
+			e.retryLater(ctx, op, err)
 			return
 		}
 		if ok && last.Sequencer != "" {
@@ -759,8 +758,8 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 			case c < 0:
 				// A late version: written all the same, then the newest put
 				// back on top (guarantee 4).
-				if err := e.planOnTop(ctx, dest, op, last, log); err != nil {
-					e.failed(ctx, op, err, log)
+				if err := e.planOnTop(ctx, dest, op, last); err != nil {
+					e.failed(ctx, op, err)
 					return
 				}
 			}
@@ -774,7 +773,7 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 			return
 		}
 		if err != nil {
-			e.failed(ctx, op, err, log)
+			e.failed(ctx, op, err)
 			return
 		}
 		op.Replica = replica
@@ -783,7 +782,7 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 			// have the late version looked for, or written, again.
 			if err := e.cfg.State.Save(context.WithoutCancel(ctx), op); err != nil {
 				e.stateFailed(err)
-				e.retryLater(ctx, op, fmt.Errorf("save state: %w", err), log)
+				e.retryLater(ctx, op, fmt.Errorf("save state: %w", err))
 				return
 			}
 		}
@@ -791,11 +790,11 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 	if op.Late() {
 		v, err := e.putOnTop(ctx, dest, op, resumed)
 		if err != nil {
-			e.failed(ctx, op, err, log)
+			e.failed(ctx, op, err)
 			return
 		}
 		op.OnTopReplica = v
-		log.Info("late version written, and the newest put back on top", "replica", op.Replica, "on_top", v)
+		e.opLog(op).Info("late version written, and the newest put back on top", "replica", op.Replica, "on_top", v)
 	}
 	e.recovered(op)
 	// The worker goes on to the next op while the state file commits this
@@ -816,7 +815,8 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 
 // failed handles an op's failed attempt by its class: skipped when the
 // source version is gone, failed when permanent, else tried again later.
-func (e *Engine) failed(ctx context.Context, op *Op, err error, log *slog.Logger) {
+func (e *Engine) failed(ctx context.Context, op *Op, err error) {
+	log := e.opLog(op)
 	if e.lostLease(ctx, err) {
 		log.Info("the key's lease went to another node: the operation is left to it", "err", err)
 		e.forget(op)
@@ -839,7 +839,7 @@ func (e *Engine) failed(ctx context.Context, op *Op, err error, log *slog.Logger
 		e.finish(ctx, op, Failed, reason)
 	default:
 		e.m.failed.WithLabelValues(op.Rule, reason).Inc()
-		e.retryLater(ctx, op, err, log)
+		e.retryLater(ctx, op, err)
 	}
 }
 
@@ -848,7 +848,7 @@ func (e *Engine) failed(ctx context.Context, op *Op, err error, log *slog.Logger
 // version written (by an event, a backfill or a failback), and records it
 // before anything is written, since the late write changes what is
 // current.
-func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, last KeyState, log *slog.Logger) error {
+func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, last KeyState) error {
 	cur, ok, err := dest.Current(ctx, op.DestBucket, op.DestKey)
 	if err != nil {
 		return fmt.Errorf("read the current version of %s/%s: %w", op.DestBucket, op.DestKey, err)
@@ -859,7 +859,7 @@ func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, last K
 		// versitygw make none on a key without versions): there is one now.
 		op.OnTopMarker = true
 	case !ok:
-		log.Warn("a newer version of the key was written, but the destination has none now; writing the late version alone")
+		e.opLog(op).Warn("a newer version of the key was written, but the destination has none now; writing the late version alone")
 		return nil
 	case cur.DeleteMarker && op.Action == ActionDeleteMarker:
 		return nil // a late delete marker over a deleted key leaves it deleted
@@ -928,6 +928,12 @@ func (e *Engine) putOnTop(ctx context.Context, dest Destination, op *Op, look bo
 	return v, nil
 }
 
+// opLog is the logger of what happens to op, made when there is something
+// to say: With formats its attributes at once, and most ops log nothing.
+func (e *Engine) opLog(op *Op) *slog.Logger {
+	return e.log.With("rule", op.Rule, "bucket", op.Bucket, "key", op.Key, "version", op.VersionID)
+}
+
 // finish records a terminal state and releases the op's key.
 func (e *Engine) finish(ctx context.Context, op *Op, s State, reason string) {
 	now := time.Now()
@@ -945,7 +951,7 @@ func (e *Engine) finish(ctx context.Context, op *Op, s State, reason string) {
 		// the copy is found on the destination and not written twice.
 		e.stateFailed(err)
 		op.State = prev
-		e.retryLater(ctx, op, fmt.Errorf("save state: %w", err), e.log)
+		e.retryLater(ctx, op, fmt.Errorf("save state: %w", err))
 		return
 	}
 	e.m.track(op, -1)
@@ -994,7 +1000,8 @@ func (e *Engine) recovered(op *Op) {
 	}
 }
 
-func (e *Engine) retryLater(ctx context.Context, op *Op, err error, log *slog.Logger) {
+func (e *Engine) retryLater(ctx context.Context, op *Op, err error) {
+	log := e.opLog(op)
 	op.failSide = op.Dest
 	var se sourceError
 	if errors.As(err, &se) {
