@@ -21,11 +21,12 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/s3replicad/s3replicad/awsclient"
 	"github.com/s3replicad/s3replicad/dynamostate"
 	"github.com/s3replicad/s3replicad/engine"
-	"github.com/s3replicad/s3replicad/engine/s3store"
-	"github.com/s3replicad/s3replicad/engine/sqsqueue"
 	"github.com/s3replicad/s3replicad/internal/units"
+	"github.com/s3replicad/s3replicad/s3store"
+	"github.com/s3replicad/s3replicad/sqsqueue"
 )
 
 // DefaultConfigPath is used when neither -config nor $S3REPLICAD_CONFIG is given.
@@ -607,7 +608,7 @@ func (c *Config) applyDefaults() {
 		c.Transfer.MultipartThreshold = 32 << 20
 	}
 	if c.Transfer.StallTimeout == 0 {
-		c.Transfer.StallTimeout = Duration(s3store.DefaultStallTimeout)
+		c.Transfer.StallTimeout = Duration(awsclient.DefaultStallTimeout)
 	}
 	// 0s turns the hold off: default only when not given.
 	if !c.given("transfer.order_window") {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	"github.com/s3replicad/s3replicad/internal/faultproxy"
+	"github.com/s3replicad/s3replicad/internal/testenv"
 )
 
 // smallDisk mounts a tmpfs of size bytes: a disk that fills. It needs root,
@@ -226,5 +228,46 @@ func TestStateDiskFullSendsNothingToTheDLQ(t *testing.T) {
 		t.Fatalf("%d messages went to the dead-letter queue", n)
 	}
 	t.Logf("exact replica of %d versions %v after space returned; nothing in the dead-letter queue", len(keys), took.Round(10*time.Millisecond))
+	d.stop()
+}
+
+// A queue that is missing (deleted, or a wrong queue.url) is no quiet
+// retry: an ERROR line that says what to fix, /readyz failing with the
+// reason, s3replicad_queue_refused at 1; once the queue exists again, the
+// daemon receives by itself and replicates what was sent to it.
+func TestMissingQueueIsLoudAndRecovers(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{})
+	attrs, err := env.SQSClient().GetQueueAttributes(w.ctx, &sqsAttrsInput{QueueUrl: &w.queueURL, AttributeNames: allAttrs})
+	must(t, err)
+	redrive := attrs.Attributes["RedrivePolicy"]
+	_, err = env.SQSClient().DeleteQueue(w.ctx, &sqs.DeleteQueueInput{QueueUrl: &w.queueURL})
+	must(t, err)
+
+	d := w.launch()
+	waitFor(t, 30*time.Second, "the refusal reported", func() bool {
+		return strings.Contains(testenv.Scrape(d.listen), "s3replicad_queue_refused 1")
+	})
+	if logs := d.logs.String(); !strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, "the queue refuses this daemon") || !strings.Contains(logs, "queue.url") {
+		t.Fatalf("no ERROR line naming the queue's refusal and queue.url:\n%s", logs)
+	}
+	resp, err := http.Get("http://" + d.listen + "/readyz")
+	must(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "queue") {
+		t.Fatalf("/readyz answers %d %q while the queue is missing", resp.StatusCode, body)
+	}
+
+	name := w.queueURL[strings.LastIndex(w.queueURL, "/")+1:]
+	_, err = env.SQSClient().CreateQueue(w.ctx, &sqs.CreateQueueInput{QueueName: &name,
+		Attributes: map[string]string{"RedrivePolicy": redrive, "VisibilityTimeout": "30"}})
+	must(t, err)
+	ev := w.put("after", []byte("sent once the queue is back"))
+	must(t, w.pub.SendEvents(w.ctx, ev))
+	w.waitReplicated("after", ev.VersionID, 90*time.Second)
+	if d.metric("s3replicad_queue_refused") != 0 || !strings.Contains(d.logs.String(), "the queue answers again") {
+		t.Fatal("the refusal is still reported after the queue answered")
+	}
 	d.stop()
 }

@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/s3replicad/s3replicad/engine"
-	"github.com/s3replicad/s3replicad/engine/s3store"
 	"github.com/s3replicad/s3replicad/internal/faultproxy"
 	"github.com/s3replicad/s3replicad/internal/testenv"
+	"github.com/s3replicad/s3replicad/s3store"
 )
 
 // After a crash every unfinished copy looks for its replica before

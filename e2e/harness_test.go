@@ -281,6 +281,26 @@ func cliEnv() []string {
 
 func (w *world) start() *daemon {
 	w.t.Helper()
+	d := w.launch()
+	waitFor(w.t, 20*time.Second, "daemon ready", func() bool {
+		select {
+		case <-d.done:
+			w.t.Fatalf("daemon exited at start: %v\n%s", d.err, d.logs.String())
+		default:
+		}
+		resp, err := http.Get("http://" + d.listen + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return d
+}
+
+// launch starts the daemon without waiting for it to be ready.
+func (w *world) launch() *daemon {
+	w.t.Helper()
 	d := &daemon{t: w.t, listen: w.listen, logs: &syncBuffer{}, done: make(chan struct{})}
 	d.cmd = exec.Command(binary, "run", "-config", w.configPath)
 	d.cmd.Env = cliEnv()
@@ -306,19 +326,6 @@ func (w *world) start() *daemon {
 				}
 			}
 		}
-	})
-	waitFor(w.t, 20*time.Second, "daemon ready", func() bool {
-		select {
-		case <-d.done:
-			w.t.Fatalf("daemon exited at start: %v\n%s", d.err, d.logs.String())
-		default:
-		}
-		resp, err := http.Get("http://" + d.listen + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
 	})
 	return d
 }

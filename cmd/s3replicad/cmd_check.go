@@ -7,16 +7,14 @@ import (
 	"io"
 	"net"
 	"os"
-	"strings"
 	"time"
 
-	"github.com/aws/smithy-go"
-
+	"github.com/s3replicad/s3replicad/awsclient"
 	"github.com/s3replicad/s3replicad/config"
 	"github.com/s3replicad/s3replicad/dynamostate"
-	"github.com/s3replicad/s3replicad/engine/s3store"
-	"github.com/s3replicad/s3replicad/engine/sqsqueue"
 	"github.com/s3replicad/s3replicad/internal/units"
+	"github.com/s3replicad/s3replicad/s3store"
+	"github.com/s3replicad/s3replicad/sqsqueue"
 )
 
 // cmdCheckConfig validates the file, then proves the queue and every bucket
@@ -60,7 +58,7 @@ func cmdCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		report("queue: %v", err)
 	} else if _, err := q.Attributes(cctx); err != nil {
-		report("queue.url %s: %s", cfg.Queue.URL, brief(err))
+		report("queue.url %s: %s", cfg.Queue.URL, awsclient.Describe(err))
 	} else {
 		ok("queue %s is reachable", cfg.Queue.URL)
 	}
@@ -69,7 +67,7 @@ func cmdCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer
 		status, err := st.Versioning(cctx, bucket)
 		switch {
 		case err != nil:
-			report("%s bucket %s: %s", what, bucket, brief(err))
+			report("%s bucket %s: %s", what, bucket, awsclient.Describe(err))
 		case status != "Enabled":
 			if status == "" {
 				status = "never enabled"
@@ -107,7 +105,7 @@ func cmdCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer
 	if cfg.Cluster != nil {
 		dc := cfg.DynamoConfig(warnLogger(stderr))
 		if err := dynamostate.Check(ctx, dc); err != nil {
-			report("cluster.dynamodb.table %s: %v (`s3replicad cluster init` creates it)", dc.Table, brief(err))
+			report("cluster.dynamodb.table %s: %v (`s3replicad cluster init` creates it)", dc.Table, awsclient.Describe(err))
 		} else {
 			ok("cluster table %s exists and is ready (lease %s)", dc.Table, cfg.Cluster.Lease.D())
 		}
@@ -129,34 +127,4 @@ func cmdCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	fmt.Fprintln(stdout, "configuration and environment look good")
 	return nil
-}
-
-// brief turns an SDK error into one line that says what to fix.
-func brief(err error) string {
-	var ae smithy.APIError
-	if errors.As(err, &ae) {
-		switch ae.ErrorCode() {
-		case "NoSuchBucket":
-			return "does not exist"
-		case "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist":
-			return "queue does not exist"
-		case "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId", "UnrecognizedClientException":
-			return "credentials were rejected (" + ae.ErrorCode() + "): check access_key_id and secret_access_key"
-		case "AccessDenied", "AccessDeniedException":
-			return "access denied: the credentials lack permission (see `s3replicad policy`)"
-		}
-		if msg := ae.ErrorMessage(); msg != "" {
-			return ae.ErrorCode() + ": " + msg
-		}
-		return ae.ErrorCode()
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) {
-		return "cannot connect: " + oe.Err.Error()
-	}
-	msg := err.Error()
-	if i := strings.LastIndex(msg, ": "); i >= 0 && len(msg) > 200 {
-		msg = msg[i+2:]
-	}
-	return msg
 }

@@ -13,9 +13,9 @@ import (
 	"github.com/s3replicad/s3replicad/checkpoint"
 	"github.com/s3replicad/s3replicad/config"
 	"github.com/s3replicad/s3replicad/engine"
-	"github.com/s3replicad/s3replicad/engine/s3store"
 	"github.com/s3replicad/s3replicad/internal/units"
 	"github.com/s3replicad/s3replicad/reconcile"
+	"github.com/s3replicad/s3replicad/s3store"
 	"github.com/s3replicad/s3replicad/serve"
 )
 

@@ -19,10 +19,10 @@ import (
 	"github.com/s3replicad/s3replicad/admin"
 	"github.com/s3replicad/s3replicad/config"
 	"github.com/s3replicad/s3replicad/engine"
-	"github.com/s3replicad/s3replicad/engine/s3store"
-	"github.com/s3replicad/s3replicad/engine/sqsqueue"
 	"github.com/s3replicad/s3replicad/internal/units"
+	"github.com/s3replicad/s3replicad/s3store"
 	"github.com/s3replicad/s3replicad/serve"
+	"github.com/s3replicad/s3replicad/sqsqueue"
 )
 
 // replicator is the engine wired to its adapters and state file.

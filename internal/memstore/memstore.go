@@ -195,7 +195,7 @@ func (d *data) findLocked(bucket, key, id string) (Version, bool) {
 	return Version{}, false
 }
 
-// S3's errors, classified as engine/s3store classifies them.
+// S3's errors, classified as s3store classifies them.
 func gone(code string) error {
 	return &engine.Error{Class: engine.Gone, Reason: engine.ReasonSourceMissing, Err: errors.New(code)}
 }

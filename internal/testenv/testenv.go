@@ -371,6 +371,31 @@ func StartServer(dir string, k Kind) (*Server, error) {
 // Close stops the server.
 func (s *Server) Close() { s.env.Close() }
 
+// StartSQS starts the local SQS server alone, with its log under dir; its
+// Env has SQS, SQSClient and CreateQueue, and Close stops it.
+func StartSQS(dir string) (*Env, error) {
+	root, err := Root()
+	if err != nil {
+		return nil, err
+	}
+	script := filepath.Join(root, ".testenv", "sqs", "sqs-server.mjs")
+	if _, err := os.Stat(script); err != nil {
+		return nil, fmt.Errorf("%w (sqs-server.mjs missing)", ErrNotInstalled)
+	}
+	if _, err := exec.LookPath("node"); err != nil {
+		return nil, fmt.Errorf("%w (node not on PATH)", ErrNotInstalled)
+	}
+	if dir, err = filepath.Abs(dir); err != nil {
+		return nil, err
+	}
+	e := &Env{dir: dir}
+	if e.SQS, err = e.startSQS(script); err != nil {
+		e.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
 // InstalledVersion is the version scripts/testenv.sh installed of a
 // server, "" when it cannot tell.
 func InstalledVersion(k Kind) string {

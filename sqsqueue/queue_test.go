@@ -6,14 +6,18 @@ import (
 	"crypto/md5"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/aws/smithy-go"
 
 	"github.com/s3replicad/s3replicad/engine"
 )
@@ -121,4 +125,33 @@ func BenchmarkQueuePerMessage(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(msgs)), "ns/message")
+}
+
+// Errors are classified where they enter: what no retry mends is
+// permanent (the engine says so loudly and tries again slowly), throttling
+// is throttling, the rest transient.
+func TestClassify(t *testing.T) {
+	for _, tc := range []struct {
+		err    error
+		class  engine.Class
+		reason string
+	}{
+		{&smithy.GenericAPIError{Code: "AWS.SimpleQueueService.NonExistentQueue"}, engine.Permanent, engine.ReasonInvalid},
+		{&smithy.GenericAPIError{Code: "QueueDoesNotExist"}, engine.Permanent, engine.ReasonInvalid},
+		{&smithy.GenericAPIError{Code: "AccessDenied"}, engine.Permanent, engine.ReasonAccessDenied},
+		{&smithy.GenericAPIError{Code: "InvalidClientTokenId"}, engine.Permanent, engine.ReasonAccessDenied},
+		{&smithy.GenericAPIError{Code: "SignatureDoesNotMatch"}, engine.Permanent, engine.ReasonAccessDenied},
+		{&smithy.GenericAPIError{Code: "KMS.AccessDeniedException"}, engine.Permanent, engine.ReasonAccessDenied},
+		{&smithy.GenericAPIError{Code: "RequestThrottled"}, engine.Transient, engine.ReasonThrottled},
+		{&smithy.GenericAPIError{Code: "InternalError"}, engine.Transient, engine.ReasonOther},
+		{fmt.Errorf("dial: %w", syscall.ECONNREFUSED), engine.Transient, engine.ReasonNetwork},
+	} {
+		err := classify(fmt.Errorf("receive: %w", tc.err))
+		if c, reason := engine.Classify(err); c != tc.class || reason != tc.reason {
+			t.Errorf("%v: class %v reason %s, want %v %s", tc.err, c, reason, tc.class, tc.reason)
+		}
+		if !errors.Is(err, tc.err) {
+			t.Errorf("%v: the classified error lost its cause", tc.err)
+		}
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
+	"github.com/s3replicad/s3replicad/awsclient"
 	"github.com/s3replicad/s3replicad/engine"
 )
 
@@ -57,7 +58,7 @@ func TestEveryErrorShapeIsClassified(t *testing.T) {
 		{"refused", sent(refused), onDestination, engine.Transient, engine.ReasonNetwork},
 		{"reset", sent(reset), onDestination, engine.Transient, engine.ReasonNetwork},
 		{"reset mid-body", op(fmt.Errorf("read body: %w", io.ErrUnexpectedEOF)), onSource, engine.Transient, engine.ReasonNetwork},
-		{"stalled", sent(&stallError{d: 30}), onDestination, engine.Transient, engine.ReasonNetwork},
+		{"stalled", sent(fmt.Errorf("no byte for 30s: %w", awsclient.ErrStalled)), onDestination, engine.Transient, engine.ReasonNetwork},
 		{"deadline", op(context.DeadlineExceeded), onDestination, engine.Transient, engine.ReasonNetwork},
 		{"tls unknown CA", sent(&tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}), onDestination, engine.Transient, engine.ReasonNetwork},
 		{"tls alert", sent(tls.AlertError(42)), onDestination, engine.Transient, engine.ReasonNetwork},

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package s3store
+package awsclient
 
 import "net"
 

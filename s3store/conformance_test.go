@@ -11,10 +11,10 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
-	"github.com/s3replicad/s3replicad/engine/s3store"
 	"github.com/s3replicad/s3replicad/engine/storetest"
 	"github.com/s3replicad/s3replicad/internal/faultproxy"
 	"github.com/s3replicad/s3replicad/internal/testenv"
+	"github.com/s3replicad/s3replicad/s3store"
 )
 
 // quirks are each real store's known departures from S3 (README, "Store

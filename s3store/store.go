@@ -23,14 +23,13 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
-	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go/logging"
 	"github.com/aws/smithy-go/middleware"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
+	"github.com/s3replicad/s3replicad/awsclient"
 	"github.com/s3replicad/s3replicad/engine"
 )
 
@@ -68,7 +67,7 @@ type Config struct {
 	// page (0: 1000, S3's most); tests make it small to cross pages.
 	ListPageSize int32
 	// StallTimeout abandons a request with no byte sent or received for
-	// this long (0: DefaultStallTimeout).
+	// this long (0: awsclient.DefaultStallTimeout).
 	StallTimeout time.Duration
 	// UserAgent, when set, is sent instead of the SDK's, which is rebuilt
 	// for every request at a cost noticeable on small objects.
@@ -103,26 +102,12 @@ var (
 	_ engine.ServerSideCopier = (*Store)(nil)
 )
 
-// AWSConfig loads the SDK configuration for region and optional static
-// credentials (the default chain otherwise).
-func AWSConfig(ctx context.Context, region, key, secret, token string) (aws.Config, error) {
-	opts := []func(*config.LoadOptions) error{config.WithRegion(region)}
-	if key != "" {
-		opts = append(opts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(key, secret, token)))
-	}
-	cfg, err := config.LoadDefaultConfig(ctx, opts...)
-	if err != nil {
-		return aws.Config{}, fmt.Errorf("load AWS configuration: %w", err)
-	}
-	return cfg, nil
-}
-
 // New builds a Store.
 func New(ctx context.Context, c Config) (*Store, error) {
 	if c.Region == "" {
 		c.Region = "us-east-1"
 	}
-	awsCfg, err := AWSConfig(ctx, c.Region, c.AccessKeyID, c.SecretAccessKey, c.SessionToken)
+	awsCfg, err := awsclient.Config(ctx, c.Region, c.AccessKeyID, c.SecretAccessKey, c.SessionToken)
 	if err != nil {
 		return nil, err
 	}
@@ -130,7 +115,7 @@ func New(ctx context.Context, c Config) (*Store, error) {
 		Do(*http.Request) (*http.Response, error)
 	} = c.HTTPClient
 	if hc == nil {
-		if hc, err = NewHTTPClient(TransportConfig{CAFile: c.CAFile, MaxConns: c.MaxConns, StallTimeout: c.StallTimeout}); err != nil {
+		if hc, err = awsclient.NewHTTPClient(awsclient.TransportConfig{CAFile: c.CAFile, MaxConns: c.MaxConns, StallTimeout: c.StallTimeout}); err != nil {
 			return nil, err
 		}
 	}
@@ -161,7 +146,7 @@ func New(ctx context.Context, c Config) (*Store, error) {
 		// a refusal is rare and cheap to resend from the part buffer.
 		o.ContinueHeaderThresholdBytes = -1
 		if c.UserAgent != "" {
-			o.APIOptions = append(o.APIOptions, StaticUserAgent(c.UserAgent))
+			o.APIOptions = append(o.APIOptions, awsclient.StaticUserAgent(c.UserAgent))
 		}
 		o.APIOptions = append(o.APIOptions, withoutInvocationID)
 	})
@@ -185,23 +170,6 @@ func sdkLogger(log *slog.Logger) logging.Logger {
 			log.Warn(fmt.Sprintf(format, v...), "from", "aws-sdk")
 		}
 	})
-}
-
-// StaticUserAgent replaces the SDK's User-Agent middleware with one that
-// sets a fixed header (the SQS adapter uses it too).
-func StaticUserAgent(ua string) func(*middleware.Stack) error {
-	return func(st *middleware.Stack) error {
-		if _, err := st.Build.Remove("UserAgent"); err != nil {
-			return nil // not there: leave the stack alone
-		}
-		return st.Build.Add(middleware.BuildMiddlewareFunc("s3replicad:UserAgent",
-			func(ctx context.Context, in middleware.BuildInput, next middleware.BuildHandler) (middleware.BuildOutput, middleware.Metadata, error) {
-				if req, ok := in.Request.(*smithyhttp.Request); ok {
-					req.Header.Set("User-Agent", ua)
-				}
-				return next.HandleBuild(ctx, in)
-			}), middleware.After)
-	}
 }
 
 // Get implements engine.Source.

@@ -3,6 +3,7 @@ package sqsqueue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -12,9 +13,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/aws/smithy-go"
 
+	"github.com/s3replicad/s3replicad/awsclient"
 	"github.com/s3replicad/s3replicad/engine"
-	"github.com/s3replicad/s3replicad/engine/s3store"
 )
 
 // Config describes the queue.
@@ -52,7 +54,7 @@ func New(ctx context.Context, c Config) (*Queue, error) {
 	if c.Region == "" {
 		c.Region = regionFromURL(c.URL)
 	}
-	awsCfg, err := s3store.AWSConfig(ctx, c.Region, c.AccessKeyID, c.SecretAccessKey, "")
+	awsCfg, err := awsclient.Config(ctx, c.Region, c.AccessKeyID, c.SecretAccessKey, "")
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +67,7 @@ func New(ctx context.Context, c Config) (*Queue, error) {
 		Do(*http.Request) (*http.Response, error)
 	} = c.HTTPClient
 	if hc == nil {
-		if hc, err = s3store.NewHTTPClient(s3store.TransportConfig{CAFile: c.CAFile, MaxConns: 16,
+		if hc, err = awsclient.NewHTTPClient(awsclient.TransportConfig{CAFile: c.CAFile, MaxConns: 16,
 			StallTimeout: c.CallTimeout, NoProgressDeadline: true}); err != nil {
 			return nil, err
 		}
@@ -78,7 +80,7 @@ func New(ctx context.Context, c Config) (*Queue, error) {
 		// The engine retries receives and deletes with its own backoff.
 		o.Retryer = aws.NopRetryer{}
 		if c.UserAgent != "" {
-			o.APIOptions = append(o.APIOptions, s3store.StaticUserAgent(c.UserAgent))
+			o.APIOptions = append(o.APIOptions, awsclient.StaticUserAgent(c.UserAgent))
 		}
 	})
 	return &Queue{client: client, cfg: c}, nil
@@ -115,7 +117,7 @@ func (q *Queue) Receive(ctx context.Context) ([]engine.Message, error) {
 		AttributeNames: []types.QueueAttributeName{"ApproximateReceiveCount"},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("receive from %s: %w", q.cfg.URL, err)
+		return nil, classify(fmt.Errorf("receive from %s: %w", q.cfg.URL, err))
 	}
 	msgs := make([]engine.Message, 0, len(out.Messages))
 	for _, m := range out.Messages {
@@ -142,11 +144,10 @@ func (q *Queue) Delete(ctx context.Context, msgs []engine.Message) error {
 		}
 		out, err := q.client.DeleteMessageBatch(ctx, &sqs.DeleteMessageBatchInput{QueueUrl: &q.cfg.URL, Entries: entries})
 		if err != nil {
-			return fmt.Errorf("delete messages: %w", err)
+			return classify(fmt.Errorf("delete messages: %w", err))
 		}
-		if len(out.Failed) > 0 {
-			f := out.Failed[0]
-			return fmt.Errorf("delete messages: %d failed, first: %s %s", len(out.Failed), aws.ToString(f.Code), aws.ToString(f.Message))
+		if err := entriesFailed("delete", len(batch), out.Failed); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -166,8 +167,14 @@ func (q *Queue) ExtendVisibility(ctx context.Context, msgs []engine.Message, d t
 				Id: aws.String(strconv.Itoa(i)), ReceiptHandle: aws.String(m.Handle), VisibilityTimeout: int32(d / time.Second),
 			}
 		}
-		if _, err := q.client.ChangeMessageVisibilityBatch(ctx, &sqs.ChangeMessageVisibilityBatchInput{QueueUrl: &q.cfg.URL, Entries: entries}); err != nil {
-			return fmt.Errorf("extend visibility: %w", err)
+		out, err := q.client.ChangeMessageVisibilityBatch(ctx, &sqs.ChangeMessageVisibilityBatchInput{QueueUrl: &q.cfg.URL, Entries: entries})
+		if err != nil {
+			return classify(fmt.Errorf("change message visibility: %w", err))
+		}
+		// A batch call succeeds while entries in it fail (an expired
+		// receipt handle): those messages come back at their old time.
+		if err := entriesFailed("change the visibility of", len(batch), out.Failed); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -182,7 +189,38 @@ func (q *Queue) Attributes(ctx context.Context) (map[string]string, error) {
 		QueueUrl: &q.cfg.URL, AttributeNames: []types.QueueAttributeName{types.QueueAttributeNameAll},
 	})
 	if err != nil {
-		return nil, err
+		return nil, classify(err)
 	}
 	return out.Attributes, nil
+}
+
+// entriesFailed reports the entries of a batch call that failed.
+func entriesFailed(what string, n int, failed []types.BatchResultErrorEntry) error {
+	if len(failed) == 0 {
+		return nil
+	}
+	f := failed[0]
+	return &engine.Error{Class: engine.Transient, Reason: engine.ReasonOther,
+		Err: fmt.Errorf("%s %d of %d messages failed, e.g. %s: %s", what, len(failed), n, aws.ToString(f.Code), aws.ToString(f.Message))}
+}
+
+// classify marks what no retry mends (a missing queue, refused
+// credentials or permissions) as permanent, throttling as such, and
+// everything else as transient, for the engine to say and do the right
+// thing.
+func classify(err error) error {
+	var ae smithy.APIError
+	if !errors.As(err, &ae) {
+		return &engine.Error{Class: engine.Transient, Reason: engine.ReasonNetwork, Err: err}
+	}
+	switch ae.ErrorCode() {
+	case "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist":
+		return &engine.Error{Class: engine.Permanent, Reason: engine.ReasonInvalid, Err: fmt.Errorf("%w (the queue does not exist: check queue.url)", err)}
+	case "AccessDenied", "AccessDeniedException", "InvalidClientTokenId", "UnrecognizedClientException",
+		"SignatureDoesNotMatch", "InvalidAccessKeyId", "MissingAuthenticationToken", "KMS.AccessDeniedException":
+		return &engine.Error{Class: engine.Permanent, Reason: engine.ReasonAccessDenied, Err: fmt.Errorf("%w (%s)", err, awsclient.Describe(err))}
+	case "Throttling", "ThrottlingException", "RequestThrottled", "OverLimit":
+		return &engine.Error{Class: engine.Transient, Reason: engine.ReasonThrottled, Err: err}
+	}
+	return &engine.Error{Class: engine.Transient, Reason: engine.ReasonOther, Err: err}
 }

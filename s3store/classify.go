@@ -12,6 +12,7 @@ import (
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
+	"github.com/s3replicad/s3replicad/awsclient"
 	"github.com/s3replicad/s3replicad/engine"
 )
 
@@ -144,7 +145,7 @@ func isTransport(err error) bool {
 		se  *smithyhttp.RequestSendError
 		sde *smithy.DeserializationError
 	)
-	return errors.As(err, &ne) || errors.As(err, &se) || errors.As(err, &sde) || errors.Is(err, ErrStalled)
+	return errors.As(err, &ne) || errors.As(err, &se) || errors.As(err, &sde) || errors.Is(err, awsclient.ErrStalled)
 }
 
 // isCode reports whether err carries the S3 error code.
