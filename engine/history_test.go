@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -86,13 +87,13 @@ func TestCrashesAroundTheCopyOnTop(t *testing.T) {
 	// Crash right after the copy on top (the late write's state saved).
 	v0 := src.add("src", "k", memVersion{body: []byte("0")})
 	late0 := op("k", v0, "005")
-	n := 0
+	var n atomic.Int32
 	dst.afterPut = func() {
-		if n++; n == 2 {
+		if n.Add(1) == 2 {
 			st.frozen.Store(true)
 		}
 	}
-	runEngine(t, st, src, dst, []*engine.Op{late0}, func() bool { return n == 2 })
+	runEngine(t, st, src, dst, []*engine.Op{late0}, func() bool { return n.Load() == 2 })
 	st.frozen.Store(false)
 	dst.afterPut = nil
 	runEngine(t, st, src, dst, nil, waitState(store, late0, engine.Completed))

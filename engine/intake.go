@@ -183,9 +183,10 @@ func (e *Engine) admit(ops []*Op) {
 		}
 		sp := &e.spill[originClass(op.Origin)]
 		if !sp.on && e.sched.Len() < e.cfg.MaxBacklog {
+			// Read before the op is handed out: a worker's save writes it.
+			sp.through = max(sp.through, op.Seq)
 			e.hold(op)
 			e.sched.Add(op)
-			sp.through = max(sp.through, op.Seq)
 		} else {
 			sp.on = true
 		}

@@ -29,9 +29,12 @@ type scheduler struct {
 	next    int
 	workers int
 	busy    int // ops handed out and not yet done, all lanes
-	// changed is closed (and replaced) whenever work becomes ready or a
-	// lane gets room: idle workers look again.
-	changed chan struct{}
+	// wake carries a token to an idle worker for each op that became
+	// ready or each op's worth of room a lane got: one worker looks again,
+	// not all of them (waking every idle worker for every ready op was a
+	// tenth of the daemon's CPU on a backlog of small objects).
+	wake chan struct{}
+	idle int // workers waiting for a token
 	count   int // ops held
 	// onLow is called (with the lock held: it must not block) when the
 	// ops held fall to low.
@@ -70,7 +73,7 @@ type keyQueue struct {
 // its share only).
 func newScheduler(workers int, limits map[string]*adaptive) *scheduler {
 	s := &scheduler{keys: map[string]*keyQueue{}, lanes: map[string]*lane{}, workers: max(workers, 1),
-		changed: make(chan struct{}), now: time.Now}
+		wake: make(chan struct{}, max(workers, 1)), now: time.Now}
 	for name, a := range limits {
 		s.laneLocked(name).conc = a
 	}
@@ -161,19 +164,26 @@ func (s *scheduler) makeReadyLocked(kq *keyQueue) {
 	}
 	kq.queued = true
 	kq.lane.ready[class] = append(kq.lane.ready[class], kq)
-	s.signalLocked()
+	s.signalLocked(1)
 }
 
-// signalLocked wakes every idle worker to look for work again.
-func (s *scheduler) signalLocked() {
-	close(s.changed)
-	s.changed = make(chan struct{})
+// signalLocked wakes up to n idle workers to look for work again. A token
+// sent while no worker waits stays for the next one to wait: no wake-up is
+// lost, and a spare one costs a look.
+func (s *scheduler) signalLocked(n int) {
+	for range min(n, max(s.idle, 1)) {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+			return // every waiting worker has one already
+		}
+	}
 }
 
 // poke wakes idle workers: a destination's limit rose.
 func (s *scheduler) poke() {
 	s.mu.Lock()
-	s.signalLocked()
+	s.signalLocked(s.workers)
 	s.mu.Unlock()
 }
 
@@ -185,15 +195,24 @@ func (s *scheduler) Next(ctx context.Context) (*Op, error) {
 		}
 		s.mu.Lock()
 		op := s.pickLocked()
-		ch := s.changed
+		if op == nil {
+			s.idle++
+		}
 		s.mu.Unlock()
 		if op != nil {
 			return op, nil
 		}
+		var err error
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-ch:
+			err = ctx.Err()
+		case <-s.wake:
+		}
+		s.mu.Lock()
+		s.idle--
+		s.mu.Unlock()
+		if err != nil {
+			return nil, err
 		}
 	}
 }
@@ -307,14 +326,16 @@ func (s *scheduler) Done(op *Op, finished bool) {
 		}
 	}
 	// Ops that arrived while the head was busy may sort before it.
-	sort.SliceStable(kq.ops, func(i, j int) bool { return opBefore(kq.ops[i], kq.ops[j]) })
+	if len(kq.ops) > 1 {
+		sort.SliceStable(kq.ops, func(i, j int) bool { return opBefore(kq.ops[i], kq.ops[j]) })
+	}
 	if len(kq.ops) == 0 {
 		delete(s.keys, kq.id)
 	} else {
 		s.makeReadyLocked(kq)
 	}
 	// The lane has room for another op.
-	s.signalLocked()
+	s.signalLocked(1)
 }
 
 // Wake ends the backoff wait of every key whose head op match selects: the
@@ -378,7 +399,7 @@ func (s *scheduler) Drop(match func(*Op) bool) (dropped []*Op, busy int) {
 		}
 	}
 	if len(dropped) > 0 {
-		s.signalLocked()
+		s.signalLocked(s.workers)
 	}
 	return dropped, busy
 }
