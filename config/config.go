@@ -612,7 +612,9 @@ func (c *Config) applyDefaults() {
 	}
 	// 0s turns the hold off: default only when not given.
 	if !c.given("transfer.order_window") {
-		c.Transfer.OrderWindow = Duration(time.Second)
+		// Crossed events of one key mostly arrive within a receive or two;
+		// a longer hold delays every burst's copies by as much.
+		c.Transfer.OrderWindow = Duration(250 * time.Millisecond)
 	}
 	if c.Transfer.BufferMemory == 0 {
 		c.Transfer.BufferMemory = Size(c.Transfer.PartConcurrency) * c.Transfer.PartSize
