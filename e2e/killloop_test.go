@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/s3replicad/s3replicad/checkpoint"
 	"github.com/s3replicad/s3replicad/internal/faultproxy"
 	"github.com/s3replicad/s3replicad/internal/testenv"
 )
@@ -90,6 +92,14 @@ func killLoop(t *testing.T, store testenv.Kind) {
 	if len(missing) > 0 {
 		for _, m := range missing {
 			t.Log(w.describeKey(m.key))
+		}
+		// What the state file says of those keys' versions.
+		d.stop()
+		if st, err := checkpoint.Open(filepath.Join(w.dir, "state"), checkpoint.Options{ReadOnly: true}); err == nil {
+			for _, m := range missing {
+				w.dumpKey(st, m.key)
+			}
+			st.Close()
 		}
 		t.Fatalf("%d source versions have no replica (the history has holes), e.g. %s@%s", len(missing), missing[0].key, missing[0].version)
 	}

@@ -253,13 +253,14 @@ func (w *world) waitReplica(keys []string, within time.Duration) (time.Duration,
 }
 
 // mergedMarkers counts, per key, the delete markers the daemons' logs say
-// the destination merged into the current one (MinIO makes no marker over
-// a marker): each explains one marker missing there.
+// the destination did not make (MinIO makes no marker over a marker; MinIO
+// and versitygw none on a key with no version): each explains one marker
+// missing there.
 func mergedMarkers(logs ...string) map[string]int {
 	out := map[string]int{}
 	for _, text := range logs {
 		for _, line := range strings.Split(text, "\n") {
-			if !strings.Contains(line, "made no second delete marker") {
+			if !strings.Contains(line, "made no second delete marker") && !strings.Contains(line, "made no delete marker") {
 				continue
 			}
 			for _, f := range strings.Fields(line) {

@@ -71,7 +71,14 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 		if err != nil {
 			return "", fmt.Errorf("put delete marker on %s/%s: %w", op.DestBucket, op.DestKey, err)
 		}
-		if last, ok, err := e.cfg.State.LastWritten(ctx, op.DestKeyID()); err == nil && ok && v != "" &&
+		if v == "" {
+			// MinIO and versitygw make no marker on a key with no version.
+			// Should an older version of the key arrive late, its history
+			// there shows no marker between it and what follows.
+			e.m.markersMerged.WithLabelValues(op.Rule).Inc()
+			e.log.Info("the destination made no delete marker: the key has no version there and reads as deleted already",
+				"rule", op.Rule, "key", op.Key, "version", op.VersionID)
+		} else if last, ok, err := e.cfg.State.LastWritten(ctx, op.DestKeyID()); err == nil && ok &&
 			last.NewestMarker && last.LastReplica == VersionDigest(v) {
 			// The store answered with the marker that was current (MinIO
 			// makes no marker on a marker): one marker stands for two.

@@ -78,7 +78,7 @@ func newMetrics(reg prometheus.Registerer, rules Rules, dests []string, oldest f
 		}, []string{"rule"}),
 		markersMerged: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "s3replicad_delete_markers_merged_total",
-			Help: "Delete markers the destination made no marker of its own for, because its current version was a delete marker already (MinIO): the existing marker stands for both.",
+			Help: "Delete markers the destination made no marker of its own for: its current version was a delete marker already (MinIO), and the existing marker stands for both; or the key had no version there (MinIO, versitygw), and reads as deleted already.",
 		}, []string{"rule"}),
 		late: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "s3replicad_late_versions_total",

@@ -33,9 +33,9 @@ type scheduler struct {
 	// ready or each op's worth of room a lane got: one worker looks again,
 	// not all of them (waking every idle worker for every ready op was a
 	// tenth of the daemon's CPU on a backlog of small objects).
-	wake chan struct{}
-	idle int // workers waiting for a token
-	count   int // ops held
+	wake  chan struct{}
+	idle  int // workers waiting for a token
+	count int // ops held
 	// onLow is called (with the lock held: it must not block) when the
 	// ops held fall to low.
 	low   int
