@@ -118,25 +118,11 @@ func (cw *clusterWorld) start(i int) *daemon {
 // count of them can miss one whose node died, or whose answer was lost,
 // at the moment it was recorded.)
 func (cw *clusterWorld) lateLogged() int {
-	seen := map[string]bool{}
-	for _, d := range cw.runs {
-		for _, line := range strings.Split(d.logs.String(), "\n") {
-			if !strings.Contains(line, "late version written") {
-				continue
-			}
-			var key, version string
-			for _, f := range strings.Fields(line) {
-				if v, ok := strings.CutPrefix(f, "key="); ok {
-					key = v
-				}
-				if v, ok := strings.CutPrefix(f, "version="); ok {
-					version = v
-				}
-			}
-			seen[key+"@"+version] = true
-		}
+	n := 0
+	for _, k := range loggedPerKey(logsOf(cw.runs), "late version written") {
+		n += k
 	}
-	return len(seen)
+	return n
 }
 
 // clusterStatus is `status -json` of a cluster.
@@ -231,18 +217,21 @@ func TestCluster(t *testing.T) {
 	}
 	work.finish(cw.world)
 	t.Logf("cluster: %v while %s: %s", time.Since(start).Round(time.Second), work, strings.Join(chaos, ", "))
-	took, missing, extra := cw.waitReplicaLate(keys, 120*time.Second, cw.lateLogged)
-	missing = unexplained(missing, mergedMarkers(logsOf(cw.runs)...))
+	took, missing, tally := cw.waitReplicaLate(keys, 120*time.Second, cw.lateLogged)
+	missing = versionsMissing(missing)
 	if len(missing) > 0 {
 		for _, m := range missing {
 			t.Log(cw.describeKey(m.key))
 		}
 		t.Fatalf("%d source versions have no replica, e.g. %s@%s", len(missing), missing[0].key, missing[0].version)
 	}
-	st := cw.status(0)
-	if late := cw.lateLogged(); extra > late {
-		t.Fatalf("%d extra copies for %d late versions", extra, late)
+	if bad := ledger(tally, keys, logsOf(cw.runs)); len(bad) > 0 {
+		for _, b := range bad {
+			t.Log(cw.describeKey(strings.SplitN(b, ":", 2)[0]))
+		}
+		t.Fatalf("the destination holds what late versions and the store's own ways do not account for:\n  %s", strings.Join(bad, "\n  "))
 	}
+	st := cw.status(0)
 	live := 0
 	for _, n := range st.Nodes {
 		if n.Live {

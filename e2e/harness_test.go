@@ -137,6 +137,16 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	t.Cleanup(cancel)
 	srcURL, dstURL := storeURL(t, o.srcStore, "source"), storeURL(t, o.dstStore, "destination")
 	w := &world{t: t, ctx: ctx, src: testenv.S3(srcURL), dst: testenv.S3(dstURL), dir: t.TempDir()}
+	// Registered first, so run last, after the daemons stopped: with
+	// S3REPLICAD_E2E_LOGS=DIR a failed test's state file is kept too.
+	t.Cleanup(func() {
+		if dir := os.Getenv("S3REPLICAD_E2E_LOGS"); dir != "" && t.Failed() {
+			name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
+			if data, err := os.ReadFile(filepath.Join(w.dir, "state", "state.db")); err == nil {
+				_ = os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%d.db", name, time.Now().UnixNano())), data, 0o600)
+			}
+		}
+	})
 	destEndpoint := dstURL
 	if o.sameEndpoint {
 		w.dst, destEndpoint = w.src, srcURL

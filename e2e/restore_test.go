@@ -133,11 +133,11 @@ func TestRansomwareDrill(t *testing.T) {
 	must(t, w.pub.SendEvents(w.ctx, encrypted...))
 	time.Sleep(500 * time.Millisecond)
 	must(t, w.pub.SendEvents(w.ctx, late...))
-	took, missing, extra := w.waitReplica(keys, 120*time.Second)
+	took, missing, tally := w.waitReplica(keys, 120*time.Second)
 	if len(missing) > 0 {
 		t.Fatalf("%d versions missing from the replica's history, e.g. %s@%s", len(missing), missing[0].key, missing[0].version)
 	}
-	t.Logf("drained in %v with %d late versions (extra copies %d)", took.Round(10*time.Millisecond), w.lateVersions(), extra)
+	t.Logf("drained in %v with %d late versions (extra copies %d)", took.Round(10*time.Millisecond), w.lateVersions(), tally.extra())
 
 	good := uniqueName("restored")
 	out, errOut, code := w.cli("restore", "-rule", "all", "-as-of", asOf.Format(time.RFC3339Nano), "-to-bucket", good)

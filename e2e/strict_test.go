@@ -115,17 +115,18 @@ type missingVersion struct {
 //     source;
 //   - no destination version that replicates nothing the source has.
 //
-// It also returns the extra copies: replicas beyond the first of a source
-// version, and delete markers beyond the source's. Guarantees 3 and 4
-// allow one per late version (the newest put back on top of it), which
-// the caller compares with the daemon's count of late versions: the
-// listing cannot tell where a delete marker sits among the versions.
+// It also returns each key's tally: replicas beyond the first of a source
+// version, and delete markers beyond (or short of) the source's.
+// Guarantees 3 and 4 allow one extra per late version (the newest put back
+// on top of it), which the caller compares with the daemon's count of late
+// versions: the listing cannot tell where a delete marker sits among the
+// versions.
 // Versions with no replica at all are returned apart, for the caller to
 // report (null versions replaced in place may be superseded).
-func replicaProblems(w *world, keys []string) ([]string, []missingVersion, map[string]int) {
+func replicaProblems(w *world, keys []string) ([]string, []missingVersion, tallies) {
 	var problems []string
 	var missing []missingVersion
-	extra := map[string]int{} // key -> extra copies
+	tally := tallies{}
 	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 	for _, key := range keys {
 		src, err := listVersions(w, w.src, w.srcBucket, key)
@@ -184,7 +185,9 @@ func replicaProblems(w *world, keys []string) ([]string, []missingVersion, map[s
 				continue
 			}
 			if len(got) > 1 {
-				extra[key] += len(got) - 1
+				t := tally[key]
+				t.copies += len(got) - 1
+				tally[key] = t
 			}
 			sd, err1 := digest(w, w.src, w.srcBucket, key, id)
 			dd, err2 := digest(w, w.dst, w.dstBucket, key, got[0])
@@ -203,11 +206,87 @@ func replicaProblems(w *world, keys []string) ([]string, []missingVersion, map[s
 		}
 		if dstMarkers < srcMarkers {
 			missing = append(missing, missingVersion{key: key, version: fmt.Sprintf("(%d of %d delete markers)", srcMarkers-dstMarkers, srcMarkers), markers: srcMarkers - dstMarkers})
-		} else if dstMarkers > srcMarkers {
-			extra[key] += dstMarkers - srcMarkers
+		}
+		if dstMarkers != srcMarkers {
+			t := tally[key]
+			t.markers = dstMarkers - srcMarkers
+			tally[key] = t
 		}
 	}
-	return problems, missing, extra
+	return problems, missing, tally
+}
+
+// tally is what one key's destination holds beyond one replica of each
+// source version.
+type tally struct {
+	copies  int // replicas beyond the first of a source version
+	markers int // delete markers beyond the source's (negative: fewer)
+}
+
+type tallies map[string]tally
+
+// extra is the extra copies of every key: replicas, and delete markers
+// beyond the source's.
+func (ts tallies) extra() int {
+	n := 0
+	for _, t := range ts {
+		n += t.copies + max(t.markers, 0)
+	}
+	return n
+}
+
+// ledger checks key by key that the destination's tally is what the
+// daemons' logs account for: one extra copy (or delete marker) per late
+// version, and one delete marker fewer per marker the destination did not
+// make (MinIO makes none over a marker; MinIO and versitygw none on a key
+// with no version). It returns what does not add up.
+func ledger(ts tallies, keys []string, logs []string) []string {
+	late := loggedPerKey(logs, "late version written")
+	notMade := loggedPerKey(logs, "made no second delete marker", "made no delete marker")
+	var bad []string
+	for _, key := range keys {
+		t := ts[key]
+		if got, want := t.copies+t.markers+notMade[key], late[key]; got != want {
+			bad = append(bad, fmt.Sprintf("%s: %d extra copies, %+d delete markers and %d markers the destination did not make, for %d late versions: each late version puts exactly one on top",
+				key, t.copies, t.markers, notMade[key], want))
+		}
+	}
+	return bad
+}
+
+// loggedPerKey counts, per key, the distinct operations (key and version)
+// of log lines that contain one of msgs: an operation killed after its
+// line may log it again when it resumes. Lines of operations without a
+// version id are left out.
+func loggedPerKey(logs []string, msgs ...string) map[string]int {
+	seen := map[string]bool{}
+	out := map[string]int{}
+	for _, text := range logs {
+		for _, line := range strings.Split(text, "\n") {
+			if !slices.ContainsFunc(msgs, func(m string) bool { return strings.Contains(line, m) }) {
+				continue
+			}
+			var key, version string
+			for _, f := range strings.Fields(line) {
+				if v, ok := strings.CutPrefix(f, "key="); ok {
+					key = v
+				}
+				if v, ok := strings.CutPrefix(f, "version="); ok {
+					version = v
+				}
+			}
+			if version == "" || version == `""` {
+				// A delete of a key the source had no version of: the
+				// source made no marker either.
+				continue
+			}
+			if !seen[key+"@"+version] {
+				seen[key+"@"+version] = true
+				out[key]++
+			}
+		}
+	}
+	return out
 }
 
 func nullName(v string) string {
@@ -247,30 +326,9 @@ func (w *world) waitExact(keys []string, within time.Duration) time.Duration {
 
 // waitReplica is waitExact that lets source versions without a replica
 // through, for the caller to check that each was superseded.
-func (w *world) waitReplica(keys []string, within time.Duration) (time.Duration, []missingVersion, int) {
+func (w *world) waitReplica(keys []string, within time.Duration) (time.Duration, []missingVersion, tallies) {
 	w.t.Helper()
 	return w.waitReplicaLate(keys, within, func() int { return int(w.lateVersions()) })
-}
-
-// mergedMarkers counts, per key, the delete markers the daemons' logs say
-// the destination did not make (MinIO makes no marker over a marker; MinIO
-// and versitygw none on a key with no version): each explains one marker
-// missing there.
-func mergedMarkers(logs ...string) map[string]int {
-	out := map[string]int{}
-	for _, text := range logs {
-		for _, line := range strings.Split(text, "\n") {
-			if !strings.Contains(line, "made no second delete marker") && !strings.Contains(line, "made no delete marker") {
-				continue
-			}
-			for _, f := range strings.Fields(line) {
-				if key, ok := strings.CutPrefix(f, "key="); ok {
-					out[key]++
-				}
-			}
-		}
-	}
-	return out
 }
 
 func logsOf(runs []*daemon) []string {
@@ -281,20 +339,20 @@ func logsOf(runs []*daemon) []string {
 	return out
 }
 
-// unexplained drops from missing the delete markers that merged explains.
-func unexplained(missing []missingVersion, merged map[string]int) []missingVersion {
+// versionsMissing keeps the versions of missing, leaving out delete
+// markers, which the ledger accounts for.
+func versionsMissing(missing []missingVersion) []missingVersion {
 	var out []missingVersion
 	for _, m := range missing {
-		if m.markers > 0 && m.markers <= merged[m.key] {
-			continue
+		if m.markers == 0 {
+			out = append(out, m)
 		}
-		out = append(out, m)
 	}
 	return out
 }
 
 // waitReplicaLate is waitReplica with late versions counted by late.
-func (w *world) waitReplicaLate(keys []string, within time.Duration, lateCount func() int) (time.Duration, []missingVersion, int) {
+func (w *world) waitReplicaLate(keys []string, within time.Duration, lateCount func() int) (time.Duration, []missingVersion, tallies) {
 	w.t.Helper()
 	start := time.Now()
 	var last []string
@@ -317,29 +375,25 @@ func (w *world) waitReplicaLate(keys []string, within time.Duration, lateCount f
 			busy = fmt.Sprintf("%d messages still in the queue", w.queueDepth())
 		}
 		var missing []missingVersion
-		var extras map[string]int
-		last, missing, extras = replicaProblems(w, keys)
+		var tally tallies
+		last, missing, tally = replicaProblems(w, keys)
 		if busy != "" {
 			last = append(last, busy)
 		}
 		if len(last) == 0 {
-			extra := 0
-			for _, n := range extras {
-				extra += n
-			}
-			if late := lateCount(); extra > late {
-				for key := range extras {
+			if extra, late := tally.extra(), lateCount(); extra > late {
+				for key := range tally {
 					w.t.Log(w.describeKey(key))
 				}
-				w.t.Fatalf("%d extra copies on the destination (%v), but only %d late versions that each allow one on top", extra, extras, late)
+				w.t.Fatalf("%d extra copies on the destination (%v), but only %d late versions that each allow one on top", extra, tally, late)
 			}
-			return time.Since(start), missing, extra
+			return time.Since(start), missing, tally
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
 	slices.Sort(last)
 	w.t.Fatalf("not an exact replica %v after the fault ended:\n  %s", within, strings.Join(last, "\n  "))
-	return 0, nil, 0
+	return 0, nil, nil
 }
 
 // dumpKey logs a key's versions on both sides and its ops, for a failure.

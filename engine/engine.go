@@ -97,6 +97,10 @@ type Engine struct {
 	intakeDone   chan struct{}
 	spill        [2]spill // owned by the intake goroutine
 	suspect      uint64
+	// settleUntil is when the ops a crashed run left unfinished may run: a
+	// write it had sent may still be landing at the store, and must be
+	// there when their replica lookup looks.
+	settleUntil time.Time
 	backfillOpen atomic.Int64
 	statePath    string
 	paused       atomic.Bool
@@ -378,10 +382,13 @@ func (e *Engine) load(ctx context.Context, crashed bool) error {
 	for class := range e.spill {
 		e.spill[class].on = true
 	}
+	if crashed {
+		e.settleUntil = time.Now().Add(crashSettle)
+	}
 	e.fill(ctx)
 	if crashed && total > 0 {
 		e.log.Warn("the previous run did not stop cleanly; unfinished copies look for a replica on the destination before writing",
-			"operations", total)
+			"operations", total, "after", crashSettle)
 	}
 	if total > 0 {
 		e.log.Info("resuming backlog from state file", "operations", total, "in_memory", e.sched.Len())
@@ -766,6 +773,10 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 		}
 	}
 	resumed := op.Late() && op.Replica != "" // the late version is written
+	if e.log.Enabled(ctx, slog.LevelDebug) {
+		e.opLog(op).Debug("writing", "seq", op.Seq, "origin", op.Origin, "attempts", op.Attempts,
+			"write_started", op.WriteStarted, "late", op.Late(), "resumed", resumed)
+	}
 	if !resumed {
 		replica, err := e.replicate(ctx, rule, dest, op)
 		if errors.Is(err, errOverwritten) {
@@ -777,6 +788,9 @@ func (e *Engine) runOp(ctx context.Context, op *Op) {
 			return
 		}
 		op.Replica = replica
+		if e.log.Enabled(ctx, slog.LevelDebug) {
+			e.opLog(op).Debug("written", "seq", op.Seq, "replica", replica)
+		}
 		if op.Late() {
 			// Recorded before the copy on top, so that a crash does not
 			// have the late version looked for, or written, again.

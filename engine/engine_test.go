@@ -119,6 +119,37 @@ func TestCrashBetweenWriteAndCheckpoint(t *testing.T) {
 	}
 }
 
+// A write the crashed run had sent in full may land at the store after the
+// restart (a killed process's request finishing there): the restarted run
+// waits before its lookup, finds it and writes no second replica.
+func TestAWriteInFlightAtACrashLandsAfterTheRestart(t *testing.T) {
+	store := openState(t)
+	st := &frozenState{Store: store}
+	src, dst := newMem(), newMem()
+	v := src.add("src", "k", memVersion{body: []byte("hello")})
+	dst.afterPut = func() { st.frozen.Store(true) } // kill -9 with the write sent
+	runEngine(t, st, src, dst, []*engine.Op{op("k", v, "01")}, func() bool { return dst.puts.Load() == 1 })
+	// The write is still on its way: out of the store until after the
+	// restart.
+	landing := dst.History("dst", "k")[0]
+	dst.DeleteVersion("dst", "k", landing.ID)
+	st.frozen.Store(false)
+	dst.afterPut = nil
+	landed := make(chan struct{})
+	time.AfterFunc(300*time.Millisecond, func() { dst.Add("dst", "k", landing); close(landed) })
+	runEngine(t, st, src, dst, nil, func() bool {
+		o, _ := store.Find(op("k", v, ""))
+		return o.State == engine.Completed
+	})
+	<-landed
+	if h := dst.History("dst", "k"); len(h) != 1 {
+		t.Fatalf("destination holds %d versions of k, want the one that landed late", len(h))
+	}
+	if o, _ := store.Find(op("k", v, "")); o.State != engine.Completed || o.Replica != landing.ID {
+		t.Fatalf("op after restart: %s %s replica %s, want completed with replica %s", o, o.State, o.Replica, landing.ID)
+	}
+}
+
 // Ops of one key run in sequencer order whatever order they arrive in; an
 // older version arriving after a newer one was written is superseded.
 func TestSequencerOrderAndLateVersions(t *testing.T) {

@@ -222,16 +222,29 @@ func (e *Engine) fill(ctx context.Context) {
 	}
 }
 
+// crashSettle is how long after a start that follows a crash the crashed
+// run's unfinished ops wait: a request it had sent in full may still be
+// landing at the store (the kill loop saw one land 70 ms after the restart,
+// after the lookup that missed it), and their replica lookup must find it.
+const crashSettle = 2 * time.Second
+
 // prepare readies an op read back from the state file: an op that was
 // unfinished when a run crashed may have been written without its write
-// mark being saved, so it looks for its replica before writing.
+// mark being saved, so it looks for its replica before writing, once what
+// the crashed run had in flight has landed.
 func (e *Engine) prepare(op *Op) {
-	if op.Seq <= e.suspect && op.WriteStarted.IsZero() {
+	if op.Seq > e.suspect {
+		return
+	}
+	if op.WriteStarted.IsZero() {
 		// Nothing is written before an op is recorded.
 		op.WriteStarted = op.Recorded
 		if op.WriteStarted.IsZero() {
 			op.WriteStarted = time.Unix(0, 0)
 		}
+	}
+	if op.NextAttempt.Before(e.settleUntil) {
+		op.NextAttempt = e.settleUntil
 	}
 }
 
