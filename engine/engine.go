@@ -92,15 +92,15 @@ type Engine struct {
 	loaded  chan struct{}
 
 	// intake (see intake.go)
-	records      chan recordReq
-	refill       chan struct{}
-	intakeDone   chan struct{}
-	spill        [2]spill // owned by the intake goroutine
-	suspect      uint64
+	records    chan recordReq
+	refill     chan struct{}
+	intakeDone chan struct{}
+	spill      [2]spill // owned by the intake goroutine
+	suspect    uint64
 	// settleUntil is when the ops a crashed run left unfinished may run: a
 	// write it had sent may still be landing at the store, and must be
 	// there when their replica lookup looks.
-	settleUntil time.Time
+	settleUntil  time.Time
 	backfillOpen atomic.Int64
 	statePath    string
 	paused       atomic.Bool
