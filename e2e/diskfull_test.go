@@ -108,7 +108,7 @@ func TestStateDiskFull(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz answers %d while the state disk is full", resp.StatusCode)
 	}
-	if !strings.Contains(d.logs.String(), "disk is full") {
+	if !d.logged("disk is full") {
 		t.Fatal("no log line says the disk is full")
 	}
 	time.Sleep(2 * time.Second) // let intake be paused for a while
@@ -248,8 +248,8 @@ func TestMissingQueueIsLoudAndRecovers(t *testing.T) {
 	waitFor(t, 30*time.Second, "the refusal reported", func() bool {
 		return strings.Contains(testenv.Scrape(d.listen), "s3replicad_queue_refused 1")
 	})
-	if logs := d.logs.String(); !strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, "the queue refuses this daemon") || !strings.Contains(logs, "queue.url") {
-		t.Fatalf("no ERROR line naming the queue's refusal and queue.url:\n%s", logs)
+	if !d.logged("level=ERROR", "the queue refuses this daemon", "queue.url") {
+		t.Fatalf("no ERROR line naming the queue's refusal and queue.url:\n%s", d.logs.String())
 	}
 	resp, err := http.Get("http://" + d.listen + "/readyz")
 	must(t, err)
@@ -266,7 +266,7 @@ func TestMissingQueueIsLoudAndRecovers(t *testing.T) {
 	ev := w.put("after", []byte("sent once the queue is back"))
 	must(t, w.pub.SendEvents(w.ctx, ev))
 	w.waitReplicated("after", ev.VersionID, 90*time.Second)
-	if d.metric("s3replicad_queue_refused") != 0 || !strings.Contains(d.logs.String(), "the queue answers again") {
+	if d.metric("s3replicad_queue_refused") != 0 || !d.logged("the queue answers again") {
 		t.Fatal("the refusal is still reported after the queue answered")
 	}
 	d.stop()

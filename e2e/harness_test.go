@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -359,6 +360,28 @@ func (d *daemon) stop() {
 	case <-time.After(20 * time.Second):
 		d.t.Fatal("daemon did not stop within 20s of SIGTERM")
 	}
+}
+
+// logged reports whether a line of the daemon's log has every one of
+// parts, waiting a moment for it: the log is read from the daemon's stderr
+// as it comes, so a line may trail what a metric already shows.
+func (d *daemon) logged(parts ...string) bool {
+	has := func(line string) bool {
+		for _, p := range parts {
+			if !strings.Contains(line, p) {
+				return false
+			}
+		}
+		return true
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !slices.ContainsFunc(strings.Split(d.logs.String(), "\n"), has) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
 }
 
 func (d *daemon) kill() {
