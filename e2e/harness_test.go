@@ -326,7 +326,8 @@ func (w *world) launch() *daemon {
 			<-d.done
 		}
 		if w.t.Failed() {
-			w.t.Logf("daemon log:\n%s", tail(d.logs.String(), 6000))
+			// Debug lines would crowd out the rest: S3REPLICAD_E2E_LOGS keeps them.
+			w.t.Logf("daemon log (without debug lines):\n%s", tail(withoutDebug(d.logs.String()), 6000))
 			// S3REPLICAD_E2E_LOGS=DIR keeps every failed test's daemon logs whole.
 			if dir := os.Getenv("S3REPLICAD_E2E_LOGS"); dir != "" {
 				name := strings.NewReplacer("/", "_", " ", "_").Replace(w.t.Name())
@@ -339,6 +340,16 @@ func (w *world) launch() *daemon {
 		}
 	})
 	return d
+}
+
+func withoutDebug(log string) string {
+	var b strings.Builder
+	for _, line := range strings.SplitAfter(log, "\n") {
+		if !strings.Contains(line, "level=DEBUG") {
+			b.WriteString(line)
+		}
+	}
+	return b.String()
 }
 
 func tail(s string, n int) string {

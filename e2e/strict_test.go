@@ -360,19 +360,25 @@ func (w *world) waitReplicaLate(keys []string, within time.Duration, lateCount f
 		// The daemon's quiet is read before the replica is listed: what is
 		// listed after a quiet moment is final (read the other way round,
 		// a version written between the two reads would count as missing).
+		// The queue is read before the state: a message leaves the queue
+		// only once its operations are recorded, so an empty queue and
+		// then nothing unfinished means nothing is left to do. (Read the
+		// other way round, a message recorded and deleted between the two
+		// reads would go unseen.) The queue counts the messages in flight,
+		// a killed daemon's too: they come back after the visibility
+		// timeout.
 		busy := ""
+		queued := w.queueDepth()
 		counts, err := w.statusCounts()
 		switch {
 		case err != nil:
 			busy = err.Error()
+		case queued > 0:
+			busy = fmt.Sprintf("%d messages still in the queue", queued)
 		case counts["pending"]+counts["in_flight"] > 0:
 			busy = fmt.Sprintf("state: %d pending, %d in flight", counts["pending"], counts["in_flight"])
 		case counts["failed"] > 0 || counts["skipped"] > 0:
 			w.t.Fatalf("%d operations failed and %d were skipped: %v", counts["failed"], counts["skipped"], counts)
-		case w.queueDepth() > 0:
-			// A message a killed daemon had received comes back only
-			// after the visibility timeout.
-			busy = fmt.Sprintf("%d messages still in the queue", w.queueDepth())
 		}
 		var missing []missingVersion
 		var tally tallies
