@@ -629,18 +629,7 @@ func fetchProfile(socket, listen, name, path string) error {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	resp, err := http.Get("http://" + listen + "/debug/pprof/" + name)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	_, err = io.Copy(f, resp.Body)
-	return err
+	return testenv.SaveProfile(http.DefaultClient, "http://"+listen+"/debug/pprof/"+name, path)
 }
 
 // syscalls returns the read and write system calls a process has made

@@ -42,7 +42,12 @@ func FetchProfile(socket, name, path string) error {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", socket)
 	}}}
-	resp, err := hc.Get("http://s3replicad/debug/pprof/" + name)
+	return SaveProfile(hc, "http://s3replicad/debug/pprof/"+name, path)
+}
+
+// SaveProfile saves the profile that url answers (through hc) to path.
+func SaveProfile(hc *http.Client, url, path string) error {
+	resp, err := hc.Get(url)
 	if err != nil {
 		return err
 	}
