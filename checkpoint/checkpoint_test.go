@@ -2,9 +2,13 @@ package checkpoint_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/s3replicad/s3replicad/checkpoint"
 	"github.com/s3replicad/s3replicad/engine"
@@ -79,5 +83,66 @@ func TestStatusOfARunningDaemonAndTheRunMark(t *testing.T) {
 	}
 	if crashed, _ := st.BeginRun(context.Background()); crashed {
 		t.Fatal("after EndRun the next run is taken for a crash")
+	}
+}
+
+// Completions saved at about the same time, and the records of the next
+// messages, share commits, and the commits metric counts them: a small
+// object's cost in the state file is its share of a commit.
+func TestSavesAndRecordsShareCommits(t *testing.T) {
+	st, err := checkpoint.Open(t.TempDir(), checkpoint.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	commits := st.Collectors()[0]
+	pages := st.Collectors()[1]
+	if n := testutil.ToFloat64(commits); n != 0 {
+		t.Fatalf("%v commits counted before any write", n)
+	}
+	ctx := context.Background()
+	const n = 40
+	ops := make([]*engine.Op, n)
+	for i := range ops {
+		ops[i] = &engine.Op{Rule: "r", Bucket: "b", Key: fmt.Sprintf("k%03d", i), VersionID: "1", State: engine.Pending}
+	}
+	if _, err := st.Record(ctx, ops); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.ToFloat64(commits); n != 1 {
+		t.Fatalf("one Record counted as %v commits", n)
+	}
+	var wg sync.WaitGroup
+	for i, op := range ops {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			op.State, op.Finished, op.Replica = engine.Completed, time.Now(), "r1"
+			if err := st.Save(ctx, op); err != nil {
+				t.Error(err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			more := []*engine.Op{{Rule: "r", Bucket: "b", Key: fmt.Sprintf("next%03d", i), VersionID: "1", State: engine.Pending}}
+			if _, err := st.Record(ctx, more); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	got := testutil.ToFloat64(commits) - 1
+	if got < 1 || got > n/4 {
+		t.Fatalf("%d saves and %d records made %v commits, want them to share a few", n, n, got)
+	}
+	if p := testutil.ToFloat64(pages); p < got {
+		t.Fatalf("%v pages written by %v commits", p, got)
+	}
+	s, err := st.Status(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Counts[engine.Completed] != n || s.Counts[engine.Pending] != n {
+		t.Fatalf("counts %v after the shared commits, want %d completed and %d pending", s.Counts, n, n)
 	}
 }

@@ -80,6 +80,9 @@ func newReplicator(ctx context.Context, cfg *config.Config, log *slog.Logger, ru
 		reg = prometheus.WrapRegistererWith(prometheus.Labels{"node": cs.NodeID()}, r.reg)
 		reg.MustRegister(cs.Collectors()...)
 	}
+	if ls, ok := st.(localState); ok {
+		reg.MustRegister(ls.Collectors()...)
+	}
 	ec := engine.Config{
 		Rules: rules, Source: src, Destinations: map[string]engine.Destination{}, State: st,
 		Workers: cfg.Transfer.Workers, Pollers: cfg.Queue.Pollers,

@@ -140,6 +140,9 @@ type measurement struct {
 	// reads and writes are s3replicad's read and write system calls
 	// (all of them: sockets, the state file, logs), counted by the kernel.
 	reads, writes float64
+	// commits and pages are the state file's commits and the pages they
+	// wrote (0 from a build without those series).
+	commits, pages float64
 }
 
 // serverUse is the servers' CPU since before: both S3 servers and, apart,
@@ -455,7 +458,7 @@ rules:
 	}
 	want := float64(len(w.events))
 	var wall, serverCPU, sqsCPU, startup, intake time.Duration
-	var mallocs0, bytes0, mallocs, allocBytes, reads, writes float64
+	var mallocs0, bytes0, mallocs, allocBytes, reads, writes, commits, pages float64
 	for {
 		text := testenv.Scrape(listen)
 		if startup == 0 && text != "" {
@@ -471,6 +474,7 @@ rules:
 			mallocs = metric(text, "go_memstats_mallocs_total") - mallocs0
 			reads, writes = syscalls(cmd.Process.Pid)
 			allocBytes = metric(text, "go_memstats_alloc_bytes_total") - bytes0
+			commits, pages = metric(text, "s3replicad_state_commits_total"), metric(text, "s3replicad_state_pages_written_total")
 			break
 		}
 		if f := sumMetric(text, "s3replicad_operations_failed_total{"); f > 0 {
@@ -497,6 +501,7 @@ rules:
 	m.wall, m.serverCPU, m.sqsCPU, m.startup, m.intake = wall, serverCPU, sqsCPU, startup, intake
 	m.mallocs, m.allocBytes = mallocs, allocBytes
 	m.reads, m.writes = reads, writes
+	m.commits, m.pages = commits, pages
 	return m, b.check(ctx, bucket, w)
 }
 
@@ -665,6 +670,9 @@ func (m measurement) line(w *workload) string {
 		n := float64(len(w.events))
 		up = fmt.Sprintf("  (start-up %.2fs, events in %.2fs; per object %.0f allocs, %.1f KiB allocated, %.1f read and %.1f write calls)",
 			m.startup.Seconds(), m.intake.Seconds(), m.mallocs/n, m.allocBytes/kib/n, m.reads/n, m.writes/n)
+		if m.commits > 0 {
+			up = strings.TrimSuffix(up, ")") + fmt.Sprintf("; %.2f state commits and %.1f pages written per object)", m.commits/n, m.pages/n)
+		}
 	}
 	return fmt.Sprintf("%7.2fs %8.1f obj/s %7.1f MB/s  cpu %5.2fs (%.3f ms/obj)  rss %6.1f MiB  S3 servers' cpu %5.2fs, SQS %4.2fs%s",
 		s, float64(len(w.events))/s, float64(w.bytes)/1e6/s, m.cpu.Seconds(), cpuPerObject(m, w), float64(m.maxRSS)/mib, m.serverCPU.Seconds(), m.sqsCPU.Seconds(), up)
