@@ -337,7 +337,7 @@ func (x *tx) save(op *engine.Op, rec []byte) error {
 	if seq != 0 {
 		if raw := x.record(seq); raw != nil {
 			var err error
-			if old, err = decodeOp(seq, raw); err != nil {
+			if old, err = decodeCounted(seq, raw); err != nil {
 				return err
 			}
 		}
@@ -634,7 +634,9 @@ func (s *Store) SaveUpload(ctx context.Context, opID string, up *engine.Upload) 
 	if err != nil {
 		return err
 	}
-	return s.db.Batch(func(t *bolt.Tx) error { return t.Bucket(bucketUploads).Put([]byte(opID), raw) })
+	// Committed at once, not gathered with other writes: the part's slot,
+	// and the next part's record, wait for it.
+	return s.db.Update(func(t *bolt.Tx) error { return t.Bucket(bucketUploads).Put([]byte(opID), raw) })
 }
 
 // DeleteUpload implements engine.StateStore.

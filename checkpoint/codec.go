@@ -150,6 +150,8 @@ var onDecode func()
 type reader struct {
 	b   []byte
 	err error
+	// countsOnly skips every string but the rule (see decodeCounted).
+	countsOnly bool
 }
 
 func (r *reader) byte() byte {
@@ -194,8 +196,20 @@ func (r *reader) string() string {
 		r.err = errCorrupt
 		return ""
 	}
-	s := string(r.b[:n])
+	var s string
+	if !r.countsOnly {
+		s = string(r.b[:n])
+	}
 	r.b = r.b[n:]
+	return s
+}
+
+// rule reads the rule's id, which decodeCounted keeps too.
+func (r *reader) rule() string {
+	only := r.countsOnly
+	r.countsOnly = false
+	s := r.string()
+	r.countsOnly = only
 	return s
 }
 
@@ -210,10 +224,21 @@ func (r *reader) time() time.Time {
 // decodeOp reads an op stored under seq. It copies what it keeps, so the
 // bytes may belong to a transaction that ends.
 func decodeOp(seq uint64, b []byte) (*engine.Op, error) {
+	return decode(seq, &reader{b: b})
+}
+
+// decodeCounted reads of a record only what its indexes and counters
+// depend on: state, action, origin, rule, size and times. Saving an op
+// reads its previous record for them, and copying its other strings (a
+// dozen allocations per small object) would be for nothing.
+func decodeCounted(seq uint64, b []byte) (*engine.Op, error) {
+	return decode(seq, &reader{b: b, countsOnly: true})
+}
+
+func decode(seq uint64, r *reader) (*engine.Op, error) {
 	if onDecode != nil {
 		onDecode()
 	}
-	r := &reader{b: b}
 	switch v := r.byte(); v {
 	case opFormat:
 	case finishedFormat:
@@ -222,7 +247,8 @@ func decodeOp(seq uint64, b []byte) (*engine.Op, error) {
 		return nil, fmt.Errorf("operation %d: record format %d, this build reads %d and %d", seq, v, opFormat, finishedFormat)
 	}
 	op := r.header(seq)
-	op.Rule, op.Bucket, op.Key, op.VersionID = r.string(), r.string(), r.string(), r.string()
+	op.Rule = r.rule()
+	op.Bucket, op.Key, op.VersionID = r.string(), r.string(), r.string()
 	op.Sequencer, op.Dest, op.DestBucket = r.string(), r.string(), r.string()
 	if r.byte() == 1 {
 		op.DestKey = r.string() + op.Key
@@ -271,7 +297,8 @@ func decodeFinished(seq uint64, r *reader) (*engine.Op, error) {
 	} else {
 		r.b = r.b[idKeyLen+16:]
 	}
-	op.Rule, op.Replica, op.Reason = r.string(), r.string(), r.string()
+	op.Rule = r.rule()
+	op.Replica, op.Reason = r.string(), r.string()
 	op.Size = r.varint()
 	op.Finished = r.time()
 	if r.err != nil {

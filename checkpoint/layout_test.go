@@ -246,3 +246,29 @@ func TestMigrationFromSchema1(t *testing.T) {
 		t.Fatal("a redelivery of a migrated op was recorded again")
 	}
 }
+
+// decodeCounted reads, of both record formats, what indexes and counters
+// depend on exactly as decodeOp does, and copies no other string.
+func TestDecodeCountedKeepsWhatIsCounted(t *testing.T) {
+	done := testOp(1, engine.Completed)
+	done.Origin, done.Size, done.Finished, done.Replica = engine.OriginBackfill, 4096, time.Unix(1700000000, 5e6), "r1"
+	pending := testOp(2, engine.InFlight)
+	pending.Action, pending.Pass, pending.LastError, pending.OnTop = engine.ActionDeleteMarker, "backfill-1", "slow down", "v0"
+	for _, op := range []*engine.Op{done, pending} {
+		full, err := decodeOp(7, encodeOp(op))
+		if err != nil {
+			t.Fatal(err)
+		}
+		counted, err := decodeCounted(7, encodeOp(op))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if counted.State != full.State || counted.Action != full.Action || counted.Origin != full.Origin || counted.Rule != full.Rule ||
+			counted.Size != full.Size || !counted.Finished.Equal(full.Finished) || counted.Seq != 7 || full.Rule != op.Rule {
+			t.Errorf("%s: counted %+v, full %+v", op.State, counted, full)
+		}
+		if counted.Key != "" || counted.DestKey != "" || counted.Replica != "" || counted.Pass != "" {
+			t.Errorf("%s: decodeCounted copied strings it does not need: %+v", op.State, counted)
+		}
+	}
+}
