@@ -2,7 +2,7 @@
 # Counts the user-space instructions s3replicad executes per W1 object
 # (64 KiB, plain HTTP), under valgrind's cachegrind: unlike CPU time on a
 # shared machine, which moves 20% between runs of the same build, the count
-# moves about 2%, so two builds can be compared in one go.
+# moves a few percent, so a 10% change shows in one run of each build.
 #
 #   scripts/instructions-per-object.sh [BINARY...]   (default: bin/s3replicad)
 #
