@@ -149,3 +149,74 @@ func TestFullDiskHoldsTheBatchesInHand(t *testing.T) {
 		t.Fatalf("deleted %d, written %d, handed back %d; want %d, %d, 0", q.deleted.Load(), dst.puts.Load(), q.released.Load(), total, total)
 	}
 }
+
+// partsFull fails the first part records with ENOSPC, as a state disk that
+// fills during a multipart copy does.
+type partsFull struct {
+	*checkpoint.Store
+	fail atomic.Int32
+}
+
+func (p *partsFull) SaveUpload(ctx context.Context, opID string, up *engine.Upload) error {
+	if p.fail.Add(-1) >= 0 {
+		return fmt.Errorf("write state: %w", syscall.ENOSPC)
+	}
+	return p.Store.SaveUpload(ctx, opID, up)
+}
+
+// A part whose record cannot be written fails the copy's attempt, which is
+// tried again once the disk takes writes: the replica is written once,
+// whole, and no upload is left recorded.
+func TestPartRecordsOnAFullDiskRetryTheCopy(t *testing.T) {
+	store := openState(t)
+	st := &partsFull{Store: store}
+	st.fail.Store(2)
+	src, dst := newMem(), newMem()
+	body := make([]byte, 12<<20)
+	for i := range body {
+		body[i] = byte(i * 13)
+	}
+	v := src.add("src", "big", memVersion{body: body})
+	e, err := engine.New(engine.Config{
+		Rules:        []engine.Rule{{ID: "r", Enabled: true, SourceBucket: "src", Destination: "d", DestinationBucket: "dst"}},
+		Source:       src,
+		Destinations: map[string]engine.Destination{"d": dst},
+		State:        st, Workers: 2, BackoffMin: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond,
+		MultipartThreshold: 5 << 20, PartSize: 5 << 20, PartConcurrency: 2,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	o := op("big", v, "01")
+	if _, err := e.Submit(ctx, []*engine.Op{o}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if got, _ := store.Find(op("big", v, "")); got != nil && got.State == engine.Completed {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if left := st.fail.Load(); left >= 0 {
+		t.Fatalf("%d part records were still to fail: the copy never met the full disk", left+1)
+	}
+	got, _ := store.Find(op("big", v, ""))
+	if got == nil || got.State != engine.Completed {
+		t.Fatalf("op after the full disk: %+v", got)
+	}
+	h := dst.history("dst", "big")
+	if len(h) != 1 || string(h[0].body) != string(body) {
+		t.Fatalf("destination holds %d versions (want 1, the source's %d bytes)", len(h), len(body))
+	}
+	if up, err := store.LoadUpload(context.Background(), got.ID()); err != nil || up != nil {
+		t.Fatalf("an upload is still recorded after the copy: %+v, %v", up, err)
+	}
+}
