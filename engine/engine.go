@@ -885,11 +885,68 @@ func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, last K
 	default:
 		op.OnTop = cur.VersionID
 	}
-	op.OnTopUnrecorded = ok && last.LastReplica != 0 && VersionDigest(cur.VersionID) != last.LastReplica
+	if ok && last.LastReplica != 0 && VersionDigest(cur.VersionID) != last.LastReplica {
+		// What is on top was written and not recorded: by a newer op that
+		// stopped before recording it (kill -9), which stays on top, or by
+		// an older version's op on a node that did not know of the newest
+		// (a cluster's shard moved twice), this op's own write included,
+		// which must not: then the recorded last replica goes back on top.
+		older, err := e.olderThanNewest(ctx, dest, op, cur, last)
+		if err != nil {
+			return err
+		}
+		if !older {
+			op.OnTopUnrecorded = true
+		} else if err := e.planNewestOnTop(ctx, dest, op, last); err != nil {
+			return err
+		}
+	}
 	op.State = InFlight
 	if err := e.cfg.State.Save(context.WithoutCancel(ctx), op); err != nil {
 		e.stateFailed(err)
 		return fmt.Errorf("save state: %w", err)
+	}
+	return nil
+}
+
+// olderThanNewest says whether the destination's current version, which
+// the key's state does not record, replicates a version older than the
+// key's recorded newest: its metadata carries its source sequencer. A
+// delete marker carries nothing, and one without a sequencer (a backfill's)
+// cannot be placed: both are taken for a newer op's, as before.
+func (e *Engine) olderThanNewest(ctx context.Context, dest Destination, op *Op, cur Version, last KeyState) (bool, error) {
+	if cur.DeleteMarker || last.Sequencer == "" {
+		return false, nil
+	}
+	_, _, meta, err := dest.Head(ctx, op.DestBucket, op.DestKey, cur.VersionID)
+	if err != nil {
+		return false, fmt.Errorf("read what the current version of %s/%s replicates: %w", op.DestBucket, op.DestKey, err)
+	}
+	seq := meta[MetaSourceSequencer]
+	return seq != "" && event.CompareSequencer(seq, last.Sequencer) < 0, nil
+}
+
+// planNewestOnTop plans the key's recorded last replica, which holds the
+// newest version, as what goes on top of op, in place of an older
+// version's unrecorded write.
+func (e *Engine) planNewestOnTop(ctx context.Context, dest Destination, op *Op, last KeyState) error {
+	v, ok, err := dest.FindVersion(ctx, op.DestBucket, op.DestKey, last.LastReplica)
+	if err != nil {
+		return fmt.Errorf("look for the newest replica of %s/%s: %w", op.DestBucket, op.DestKey, err)
+	}
+	stale := op.OnTop
+	op.OnTop, op.OnTopMarker = "", false
+	switch {
+	case !ok:
+		e.opLog(op).Warn("the destination's current version replicates an older version than the newest written, whose replica is no longer on the destination; writing the late version alone",
+			"current", stale)
+	case v.DeleteMarker:
+		op.OnTopMarker = true
+	default:
+		op.OnTop = v.VersionID
+	}
+	if ok {
+		e.opLog(op).Info("an older version's unrecorded write is on top; the newest goes back on top", "current", stale, "newest_replica", v.VersionID)
 	}
 	return nil
 }

@@ -223,3 +223,51 @@ func TestLateVersionOverAnUnrecordedWrite(t *testing.T) {
 		})
 	}
 }
+
+// Two crashes in a row on one key whose events crossed, as a cluster's
+// shards move: node 1 writes the newest version (3) and dies before
+// recording it; node 2, which knows nothing of 3, writes an older version
+// (2) on top and dies too. Node 3 takes node 1's work first and records 3
+// (its replica is found), then node 2's: 2 is late now, and what goes
+// back on top is 3, the recorded newest, not 2's own unrecorded replica.
+func TestLateVersionAfterTwoUnrecordedWrites(t *testing.T) {
+	store := openState(t)
+	st := &frozenState{Store: store}
+	src, dst := newMem(), newMem()
+	v1 := src.add("src", "k", memVersion{body: []byte("1")})
+	v2 := src.add("src", "k", memVersion{body: []byte("2")})
+	v3 := src.add("src", "k", memVersion{body: []byte("3")})
+	first := op("k", v1, "01")
+	runEngine(t, st, src, dst, []*engine.Op{first}, waitState(store, first, engine.Completed))
+
+	newest := op("k", v3, "03")
+	dst.afterPut = func() { st.frozen.Store(true) }
+	runEngine(t, st, src, dst, []*engine.Op{newest}, func() bool { return dst.puts.Load() == 2 })
+	st.frozen.Store(false)
+
+	node2 := &frozenState{Store: openState(t)}
+	dst.afterPut = func() { node2.frozen.Store(true) }
+	older := op("k", v2, "02")
+	wrote := time.Now()
+	runEngine(t, node2, src, dst, []*engine.Op{older}, func() bool { return dst.puts.Load() == 3 })
+	dst.afterPut = nil
+	if got, want := bodies(dst, "k"), "1 3 2"; got != want {
+		t.Fatalf("after the two crashes: destination history %q, want %q", got, want)
+	}
+
+	runEngine(t, st, src, dst, nil, waitState(store, newest, engine.Completed))
+	taken := op("k", v2, "02")
+	taken.WriteStarted = wrote // a takeover carries the op's write mark
+	runEngine(t, st, src, dst, []*engine.Op{taken}, waitState(store, taken, engine.Completed))
+	if got, want := bodies(dst, "k"), "1 3 2 3"; got != want {
+		t.Fatalf("destination history %q, want %q (3 back on top, 2 not written twice)", got, want)
+	}
+	cur, _, err := dst.Current(context.Background(), "dst", "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, meta, err := dst.Head(context.Background(), "dst", "k", cur.VersionID)
+	if err != nil || meta[engine.MetaSourceVersion] != v3 {
+		t.Fatalf("the current replica copies %q (%v), want the newest, %s", meta[engine.MetaSourceVersion], err, v3)
+	}
+}

@@ -356,6 +356,10 @@ type Destination interface {
 	// Current returns the key's current version (a delete marker
 	// included); false when the key has no version.
 	Current(ctx context.Context, bucket, key string) (Version, bool, error)
+	// FindVersion returns the key's version (or delete marker) whose id has
+	// the digest (VersionDigest), looked for newest first; false when the
+	// key has none.
+	FindVersion(ctx context.Context, bucket, key string, digest uint64) (Version, bool, error)
 	// CopyVersion writes a copy of one of key's versions on top of it,
 	// inside the store, with its content, headers, metadata and tags, and
 	// returns the new version's id.

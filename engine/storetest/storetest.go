@@ -118,6 +118,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"Multipart", testMultipart},
 		{"MultipartAbort", testMultipartAbort},
 		{"Current", testCurrent},
+		{"FindVersion", testFindVersion},
 		{"CopyVersion", testCopyVersion},
 		{"Copy", testCopy},
 		{"CopyPart", testCopyPart},
@@ -784,6 +785,38 @@ func testCurrent(t *testing.T, h Harness) {
 	}
 	_, _, err = h.Store.Current(ctx, missingBucket(h), "cur")
 	wantClass(t, "Current in a bucket that does not exist", err, engine.Permanent, engine.ReasonNoSuchBucket)
+}
+
+// FindVersion finds one of a key's versions, or delete markers, by the
+// digest of its id, wherever it is in the key's history; not another key's.
+func testFindVersion(t *testing.T, h Harness) {
+	ctx := ctxOf(t)
+	first, err := h.Store.Put(ctx, h.Bucket, "fv", engine.ObjectMeta{}, Payload([]byte("first")))
+	must(t, err)
+	dm, err := h.Store.PutDeleteMarker(ctx, h.Bucket, "fv")
+	must(t, err)
+	last, err := h.Store.Put(ctx, h.Bucket, "fv", engine.ObjectMeta{}, Payload([]byte("last")))
+	must(t, err)
+	longer, err := h.Store.Put(ctx, h.Bucket, "fv-longer", engine.ObjectMeta{}, Payload([]byte("x")))
+	must(t, err)
+	for _, tc := range []struct {
+		what, id string
+		marker   bool
+		size     int64
+	}{{"the oldest version", first, false, 5}, {"a delete marker", dm, true, 0}, {"the newest version", last, false, 4}} {
+		v, ok, err := h.Store.FindVersion(ctx, h.Bucket, "fv", engine.VersionDigest(tc.id))
+		if err != nil || !ok || v.VersionID != tc.id || v.DeleteMarker != tc.marker || !tc.marker && v.Size != tc.size {
+			t.Fatalf("FindVersion of %s (%s): %+v, ok %v, %v", tc.what, tc.id, v, ok, err)
+		}
+	}
+	if v, ok, err := h.Store.FindVersion(ctx, h.Bucket, "fv", engine.VersionDigest(longer)); err != nil || ok {
+		t.Fatalf("FindVersion found another key's version: %+v, ok %v, %v", v, ok, err)
+	}
+	if v, ok, err := h.Store.FindVersion(ctx, h.Bucket, "nothing here", engine.VersionDigest(first)); err != nil || ok {
+		t.Fatalf("FindVersion of a key never written: %+v, ok %v, %v", v, ok, err)
+	}
+	_, _, err = h.Store.FindVersion(ctx, missingBucket(h), "fv", engine.VersionDigest(first))
+	wantClass(t, "FindVersion in a bucket that does not exist", err, engine.Permanent, engine.ReasonNoSuchBucket)
 }
 
 // CopyVersion puts a copy of an older version on top of its key, inside
