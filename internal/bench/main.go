@@ -129,7 +129,7 @@ type measurement struct {
 	wall      time.Duration
 	cpu       time.Duration
 	sys       time.Duration // of cpu, the kernel's on the tool's behalf
-	maxRSS    int64 // bytes
+	maxRSS    int64         // bytes
 	serverCPU time.Duration
 	sqsCPU    time.Duration
 	startup   time.Duration // s3replicad: until it serves /metrics
