@@ -21,10 +21,6 @@ type memStore struct {
 	// findFails fails that many replica lookups (a destination that
 	// refuses for a moment), for a test that needs an op held back.
 	findFails atomic.Int32
-	// refuseOf refuses one lookup of this source version's replica, for a
-	// test that needs one op of a key held back and not the other.
-	refuseOf    string
-	refusedOnce atomic.Bool
 }
 
 // Copy counts the copies made inside the store (failback's).
