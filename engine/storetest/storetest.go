@@ -755,10 +755,6 @@ func copier(t *testing.T, h Harness) engine.ServerSideCopier {
 	return cp
 }
 
-// Server-side copy of a version, inside one endpoint and across buckets:
-// the source version's bytes with the replica's own headers, metadata and
-// tags (none of the source's); pinned by IfMatch, a copy of anything else
-// is ErrChanged; a copy of a version that is gone is Gone.
 // Current is a key's newest entry, a delete marker included; a key with
 // none has no current version.
 func testCurrent(t *testing.T, h Harness) {
@@ -849,6 +845,10 @@ func testCopyVersion(t *testing.T, h Harness) {
 	}
 }
 
+// Server-side copy of a version, inside one endpoint and across buckets:
+// the source version's bytes with the replica's own headers, metadata and
+// tags (none of the source's); pinned by IfMatch, a copy of anything else
+// is ErrChanged; a copy of a version that is gone is Gone.
 func testCopy(t *testing.T, h Harness) {
 	cp := copier(t, h)
 	ctx := ctxOf(t)
