@@ -53,7 +53,9 @@ func (e *Engine) replicate(ctx context.Context, rule *Rule, dest Destination, op
 			if v, found, err = dest.FindReplica(ctx, op.DestBucket, op.DestKey, op.Action, of, op.WriteStarted); err != nil {
 				return "", fmt.Errorf("look for an earlier replica of %s: %w", op, err)
 			}
-			if found {
+			if found && !op.Late() {
+				// (A late op's replica stays below: what goes on top of it
+				// was planned before it was written.)
 				op.OnTop = v
 			}
 		}

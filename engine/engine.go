@@ -878,7 +878,8 @@ func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, last K
 	case !ok:
 		e.opLog(op).Warn("a newer version of the key was written, but the destination has none now; writing the late version alone")
 		return nil
-	case cur.DeleteMarker && op.Action == ActionDeleteMarker:
+	case cur.DeleteMarker && op.Action == ActionDeleteMarker &&
+		(last.NewestMarker || last.LastReplica == 0 || VersionDigest(cur.VersionID) == last.LastReplica):
 		return nil // a late delete marker over a deleted key leaves it deleted
 	case cur.DeleteMarker:
 		op.OnTopMarker = true
@@ -890,14 +891,14 @@ func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, last K
 		// stopped before recording it (kill -9), which stays on top, or by
 		// an older version's op on a node that did not know of the newest
 		// (a cluster's shard moved twice), this op's own write included,
-		// which must not: then the recorded last replica goes back on top.
+		// which must not: then the recorded newest goes back on top.
 		older, err := e.olderThanNewest(ctx, dest, op, cur, last)
 		if err != nil {
 			return err
 		}
 		if !older {
 			op.OnTopUnrecorded = true
-		} else if err := e.planNewestOnTop(ctx, dest, op, last); err != nil {
+		} else if err := e.planNewestOnTop(ctx, dest, op, cur, last); err != nil {
 			return err
 		}
 	}
@@ -910,13 +911,17 @@ func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, last K
 }
 
 // olderThanNewest says whether the destination's current version, which
-// the key's state does not record, replicates a version older than the
-// key's recorded newest: its metadata carries its source sequencer. A
-// delete marker carries nothing, and one without a sequencer (a backfill's)
-// cannot be placed: both are taken for a newer op's, as before.
+// the key's state does not record, is an older version's write than the
+// key's recorded newest: a replica's metadata carries its sequencer; one
+// without (a backfill's) cannot be placed and is taken for a newer op's.
+// A delete marker carries nothing: unless the newest is a marker too, it
+// is taken for an older op's. Should it be a newer op's after all, that op
+// looks for it only above the recorded last replica, misses it, and writes
+// another on top: an extra marker, where the other guess would leave an
+// older version current for good.
 func (e *Engine) olderThanNewest(ctx context.Context, dest Destination, op *Op, cur Version, last KeyState) (bool, error) {
-	if cur.DeleteMarker || last.Sequencer == "" {
-		return false, nil
+	if cur.DeleteMarker {
+		return !last.NewestMarker, nil
 	}
 	_, _, meta, err := dest.Head(ctx, op.DestBucket, op.DestKey, cur.VersionID)
 	if err != nil {
@@ -926,28 +931,29 @@ func (e *Engine) olderThanNewest(ctx context.Context, dest Destination, op *Op, 
 	return seq != "" && event.CompareSequencer(seq, last.Sequencer) < 0, nil
 }
 
-// planNewestOnTop plans the key's recorded last replica, which holds the
-// newest version, as what goes on top of op, in place of an older
-// version's unrecorded write.
-func (e *Engine) planNewestOnTop(ctx context.Context, dest Destination, op *Op, last KeyState) error {
-	v, ok, err := dest.FindVersion(ctx, op.DestBucket, op.DestKey, last.LastReplica)
+// planNewestOnTop plans the key's recorded newest version as what goes on
+// top of op, in place of an older version's unrecorded write: a delete
+// marker, or the newest of the destination's replicas (and copies) of it,
+// found by its sequencer. The key's last replica is not taken on trust: a
+// late or backfilled write moves it too.
+func (e *Engine) planNewestOnTop(ctx context.Context, dest Destination, op *Op, cur Version, last KeyState) error {
+	op.OnTop, op.OnTopMarker = "", false
+	if last.NewestMarker {
+		op.OnTopMarker = true
+		e.opLog(op).Info("an older version's unrecorded write is on top; a delete marker, the newest, goes back on top", "current", cur.VersionID)
+		return nil
+	}
+	v, ok, err := dest.FindReplica(ctx, op.DestBucket, op.DestKey, ActionCopy, ReplicaOf{Sequencer: last.Sequencer, BySequencer: true}, time.Time{})
 	if err != nil {
 		return fmt.Errorf("look for the newest replica of %s/%s: %w", op.DestBucket, op.DestKey, err)
 	}
-	stale := op.OnTop
-	op.OnTop, op.OnTopMarker = "", false
-	switch {
-	case !ok:
-		e.opLog(op).Warn("the destination's current version replicates an older version than the newest written, whose replica is no longer on the destination; writing the late version alone",
-			"current", stale)
-	case v.DeleteMarker:
-		op.OnTopMarker = true
-	default:
-		op.OnTop = v.VersionID
+	if !ok {
+		e.opLog(op).Warn("an older version's unrecorded write is on top, and the destination holds no replica of the newest version (sequencer "+last.Sequencer+"); writing the late version alone",
+			"current", cur.VersionID)
+		return nil
 	}
-	if ok {
-		e.opLog(op).Info("an older version's unrecorded write is on top; the newest goes back on top", "current", stale, "newest_replica", v.VersionID)
-	}
+	op.OnTop = v
+	e.opLog(op).Info("an older version's unrecorded write is on top; the newest goes back on top", "current", cur.VersionID, "newest_replica", v)
 	return nil
 }
 

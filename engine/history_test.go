@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/s3replicad/s3replicad/checkpoint"
 	"github.com/s3replicad/s3replicad/engine"
 )
 
@@ -231,43 +232,202 @@ func TestLateVersionOverAnUnrecordedWrite(t *testing.T) {
 // (its replica is found), then node 2's: 2 is late now, and what goes
 // back on top is 3, the recorded newest, not 2's own unrecorded replica.
 func TestLateVersionAfterTwoUnrecordedWrites(t *testing.T) {
-	store := openState(t)
-	st := &frozenState{Store: store}
 	src, dst := newMem(), newMem()
-	v1 := src.add("src", "k", memVersion{body: []byte("1")})
 	v2 := src.add("src", "k", memVersion{body: []byte("2")})
 	v3 := src.add("src", "k", memVersion{body: []byte("3")})
-	first := op("k", v1, "01")
-	runEngine(t, st, src, dst, []*engine.Op{first}, waitState(store, first, engine.Completed))
+	store, st, wrote := twoUnrecordedWrites(t, src, dst, op("k", v3, "03"), op("k", v2, "02"))
+	if got, want := bodies(dst, "k"), "1 3 2"; got != want {
+		t.Fatalf("after the two crashes: destination history %q, want %q", got, want)
+	}
+	taken := op("k", v2, "02")
+	taken.WriteStarted = wrote // a takeover carries the op's write mark
+	runEngine(t, st, src, dst, []*engine.Op{taken}, waitState(store, taken, engine.Completed))
+	if got, want := bodies(dst, "k"), "1 3 2 3"; got != want || currentOf(t, dst, "k") != v3 {
+		t.Fatalf("destination history %q, want %q (3 back on top, 2 not written twice)", got, want)
+	}
+}
 
-	newest := op("k", v3, "03")
+// currentOf is what the destination key's current version is: "-" for a
+// delete marker, else the source version its replica copies.
+func currentOf(t *testing.T, dst *memStore, key string) string {
+	t.Helper()
+	cur, ok, err := dst.Current(context.Background(), "dst", key)
+	if err != nil || !ok {
+		t.Fatalf("current version of %s: ok %v, %v", key, ok, err)
+	}
+	if cur.DeleteMarker {
+		return "-"
+	}
+	_, _, meta, err := dst.Head(context.Background(), "dst", key, cur.VersionID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return meta[engine.MetaSourceVersion]
+}
+
+// twoUnrecordedWrites sets up the two crashes of
+// TestLateVersionAfterTwoUnrecordedWrites, with older as node 2's op, and
+// has node 3 record the newest; it returns node 3's state and when node 2
+// wrote.
+func twoUnrecordedWrites(t *testing.T, src, dst *memStore, newest, older *engine.Op) (*checkpoint.Store, *frozenState, time.Time) {
+	t.Helper()
+	store := openState(t)
+	st := &frozenState{Store: store}
+	first := op("k", src.add("src", "k", memVersion{body: []byte("1")}), "01")
+	runEngine(t, st, src, dst, []*engine.Op{first}, waitState(store, first, engine.Completed))
+	n := dst.puts.Load()
 	dst.afterPut = func() { st.frozen.Store(true) }
-	runEngine(t, st, src, dst, []*engine.Op{newest}, func() bool { return dst.puts.Load() == 2 })
+	dst.afterMarker = dst.afterPut
+	runEngine(t, st, src, dst, []*engine.Op{newest}, func() bool { return dst.puts.Load() == n+1 })
 	st.frozen.Store(false)
 
 	node2 := &frozenState{Store: openState(t)}
 	dst.afterPut = func() { node2.frozen.Store(true) }
-	older := op("k", v2, "02")
+	dst.afterMarker = dst.afterPut
 	wrote := time.Now()
-	runEngine(t, node2, src, dst, []*engine.Op{older}, func() bool { return dst.puts.Load() == 3 })
-	dst.afterPut = nil
-	if got, want := bodies(dst, "k"), "1 3 2"; got != want {
-		t.Fatalf("after the two crashes: destination history %q, want %q", got, want)
-	}
-
+	runEngine(t, node2, src, dst, []*engine.Op{older}, func() bool { return dst.puts.Load() == n+2 })
+	dst.afterPut, dst.afterMarker = nil, nil
 	runEngine(t, st, src, dst, nil, waitState(store, newest, engine.Completed))
-	taken := op("k", v2, "02")
-	taken.WriteStarted = wrote // a takeover carries the op's write mark
-	runEngine(t, st, src, dst, []*engine.Op{taken}, waitState(store, taken, engine.Completed))
-	if got, want := bodies(dst, "k"), "1 3 2 3"; got != want {
-		t.Fatalf("destination history %q, want %q (3 back on top, 2 not written twice)", got, want)
+	return store, st, wrote
+}
+
+// The two crashes, and then what else can happen before node 2's op is
+// taken over: another late version goes first, or node 3 dies too, after
+// the late write or after the copy on top. The newest ends on top.
+func TestLateVersionAfterTwoUnrecordedWritesAndMore(t *testing.T) {
+	for _, tc := range []struct{ name, want string }{
+		{"another late version first", "1 3 2 15 3 3"},
+		{"a crash after the late write", "1 3 2 3"},
+		{"a crash after the copy on top", "1 3 2 3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src, dst := newMem(), newMem()
+			v15 := src.add("src", "k", memVersion{body: []byte("15")})
+			v2 := src.add("src", "k", memVersion{body: []byte("2")})
+			v3 := src.add("src", "k", memVersion{body: []byte("3")})
+			store, st, wrote := twoUnrecordedWrites(t, src, dst, op("k", v3, "03"), op("k", v2, "02"))
+			taken := op("k", v2, "02")
+			taken.WriteStarted = wrote
+			switch tc.name {
+			case "another late version first":
+				late := op("k", v15, "015")
+				runEngine(t, st, src, dst, []*engine.Op{late}, waitState(store, late, engine.Completed))
+				runEngine(t, st, src, dst, []*engine.Op{taken}, waitState(store, taken, engine.Completed))
+			default:
+				var n atomic.Int32
+				stop := int32(1)
+				if tc.name == "a crash after the copy on top" {
+					stop = 2
+				}
+				dst.afterPut = func() {
+					if n.Add(1) == stop {
+						st.frozen.Store(true)
+					}
+				}
+				runEngine(t, st, src, dst, []*engine.Op{taken}, func() bool { return n.Load() >= stop })
+				st.frozen.Store(false)
+				dst.afterPut = nil
+				runEngine(t, st, src, dst, nil, waitState(store, taken, engine.Completed))
+			}
+			if got := bodies(dst, "k"); got != tc.want || currentOf(t, dst, "k") != v3 {
+				t.Fatalf("destination history %q, want %q with a replica of the newest (%s) current", got, tc.want, v3)
+			}
+		})
 	}
-	cur, _, err := dst.Current(context.Background(), "dst", "k")
-	if err != nil {
-		t.Fatal(err)
+}
+
+// The older of the two unrecorded writes is a delete marker, which carries
+// no metadata: taken for an older op's, it does not stay on top of the
+// newest version, whether its own op is taken over first or another late
+// version goes first.
+func TestLateDeleteMarkerAfterTwoUnrecordedWrites(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		lateCopyFirst bool
+		want          string
+	}{
+		{"its op taken over", false, "1 3 - 3"},
+		{"a late version first", true, "1 3 - 15 3 - 3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src, dst := newMem(), newMem()
+			v15 := src.add("src", "k", memVersion{body: []byte("15")})
+			dm2 := src.add("src", "k", memVersion{marker: true})
+			v3 := src.add("src", "k", memVersion{body: []byte("3")})
+			store, st, wrote := twoUnrecordedWrites(t, src, dst, op("k", v3, "03"), markerOp("k", dm2, "02"))
+			if got, want := bodies(dst, "k"), "1 3 -"; got != want {
+				t.Fatalf("after the two crashes: destination history %q, want %q", got, want)
+			}
+			if tc.lateCopyFirst {
+				late := op("k", v15, "015")
+				runEngine(t, st, src, dst, []*engine.Op{late}, waitState(store, late, engine.Completed))
+			}
+			taken := markerOp("k", dm2, "02")
+			taken.WriteStarted = wrote
+			runEngine(t, st, src, dst, []*engine.Op{taken}, waitState(store, taken, engine.Completed))
+			if got := bodies(dst, "k"); got != tc.want || currentOf(t, dst, "k") != v3 {
+				t.Fatalf("destination history %q, want %q with a replica of the newest (%s) current", got, tc.want, v3)
+			}
+		})
 	}
-	_, _, meta, err := dst.Head(context.Background(), "dst", "k", cur.VersionID)
-	if err != nil || meta[engine.MetaSourceVersion] != v3 {
-		t.Fatalf("the current replica copies %q (%v), want the newest, %s", meta[engine.MetaSourceVersion], err, v3)
+}
+
+// One node: a late version (2) is written and the daemon dies before
+// recording it; after the restart its op is held back a moment and an
+// older late version (15) goes first, which puts the newest (3) back on
+// top of 2's unrecorded write. 2's op then finds its replica below and
+// keeps what it planned to put on top: 3, not its own replica.
+func TestLateOpResumedUnderAnotherLateVersion(t *testing.T) {
+	store := openState(t)
+	st := &frozenState{Store: store}
+	src, dst := newMem(), newMem()
+	v1 := src.add("src", "k", memVersion{body: []byte("1")})
+	v15 := src.add("src", "k", memVersion{body: []byte("15")})
+	v2 := src.add("src", "k", memVersion{body: []byte("2")})
+	v3 := src.add("src", "k", memVersion{body: []byte("3")})
+	a, c := op("k", v1, "01"), op("k", v3, "03")
+	runEngine(t, st, src, dst, []*engine.Op{a, c}, func() bool {
+		return waitState(store, a, engine.Completed)() && waitState(store, c, engine.Completed)()
+	})
+	late := op("k", v2, "02")
+	dst.afterPut = func() { st.frozen.Store(true) }
+	runEngine(t, st, src, dst, []*engine.Op{late}, func() bool { return dst.puts.Load() == 3 })
+	st.frozen.Store(false)
+	dst.afterPut = nil
+	dst.findFails.Store(1)
+	older := op("k", v15, "015")
+	runEngine(t, st, src, dst, []*engine.Op{older}, func() bool {
+		return waitState(store, late, engine.Completed)() && waitState(store, older, engine.Completed)()
+	})
+	if got, want := bodies(dst, "k"), "1 3 2 15 3 3"; got != want || currentOf(t, dst, "k") != v3 {
+		t.Fatalf("destination history %q, want %q with a replica of the newest (%s) current", got, want, v3)
+	}
+}
+
+// A newer delete marker (3) is written and not recorded, and a late
+// version (005) comes first: the marker is taken for an older op's, the
+// recorded newest goes back on top, and the marker's op, finding nothing
+// above that, writes its marker again. The key ends deleted.
+func TestLateVersionOverAnUnrecordedNewerMarker(t *testing.T) {
+	store := openState(t)
+	st := &frozenState{Store: store}
+	src, dst := newMem(), newMem()
+	v1 := src.add("src", "k", memVersion{body: []byte("1")})
+	v0 := src.add("src", "k", memVersion{body: []byte("0")})
+	dm3 := src.add("src", "k", memVersion{marker: true})
+	first := op("k", v1, "01")
+	runEngine(t, st, src, dst, []*engine.Op{first}, waitState(store, first, engine.Completed))
+	newest := markerOp("k", dm3, "03")
+	dst.afterMarker = func() { st.frozen.Store(true) }
+	runEngine(t, st, src, dst, []*engine.Op{newest}, func() bool { return dst.puts.Load() == 2 })
+	st.frozen.Store(false)
+	dst.afterMarker = nil
+	dst.findFails.Store(1)
+	late := op("k", v0, "005")
+	runEngine(t, st, src, dst, []*engine.Op{late}, func() bool {
+		return waitState(store, late, engine.Completed)() && waitState(store, newest, engine.Completed)()
+	})
+	if got, want := bodies(dst, "k"), "1 - 0 1 -"; got != want {
+		t.Fatalf("destination history %q, want %q (deleted in the end)", got, want)
 	}
 }

@@ -128,12 +128,9 @@ func (d *pathDest) FindReplica(context.Context, string, string, engine.Action, e
 	return "", false, errNotOnPath
 }
 
-// Current, FindVersion and CopyVersion serve late versions and restored
-// objects; not on the path either.
+// Current and CopyVersion serve late versions and restored objects; not
+// on the path either.
 func (d *pathDest) Current(context.Context, string, string) (engine.Version, bool, error) {
-	return engine.Version{}, false, errNotOnPath
-}
-func (d *pathDest) FindVersion(context.Context, string, string, uint64) (engine.Version, bool, error) {
 	return engine.Version{}, false, errNotOnPath
 }
 func (d *pathDest) CopyVersion(context.Context, string, string, string) (string, error) {

@@ -356,10 +356,6 @@ type Destination interface {
 	// Current returns the key's current version (a delete marker
 	// included); false when the key has no version.
 	Current(ctx context.Context, bucket, key string) (Version, bool, error)
-	// FindVersion returns the key's version (or delete marker) whose id has
-	// the digest (VersionDigest), looked for newest first; false when the
-	// key has none.
-	FindVersion(ctx context.Context, bucket, key string, digest uint64) (Version, bool, error)
 	// CopyVersion writes a copy of one of key's versions on top of it,
 	// inside the store, with its content, headers, metadata and tags, and
 	// returns the new version's id.
@@ -383,6 +379,10 @@ type ReplicaOf struct {
 	// Restored says the copy is a restore's: it names Version as the
 	// replica it was restored from.
 	Restored bool
+	// BySequencer matches any replica of the write Sequencer names, or a
+	// copy of one, whatever its version id: the newest version's replica,
+	// which the state knows by its sequencer.
+	BySequencer bool
 }
 
 // Candidate reports whether a listed destination version can be this
@@ -394,6 +394,9 @@ func (r ReplicaOf) Candidate(v Version) bool { return r.Size <= 0 || v.Size == r
 func (r ReplicaOf) Matches(meta map[string]string) bool {
 	if r.Restored {
 		return meta[MetaRestoredFrom] == r.Version
+	}
+	if r.BySequencer {
+		return r.Sequencer != "" && meta[MetaSourceSequencer] == r.Sequencer
 	}
 	v := r.Version
 	if v == "" {

@@ -689,18 +689,6 @@ func (s *Store) FindReplica(ctx context.Context, bucket, key string, a engine.Ac
 // Current implements engine.Destination: the first entry of the key's
 // version listing is its current version.
 func (s *Store) Current(ctx context.Context, bucket, key string) (engine.Version, bool, error) {
-	return s.firstVersion(ctx, bucket, key, func(engine.Version) bool { return true })
-}
-
-// FindVersion implements engine.Destination.
-func (s *Store) FindVersion(ctx context.Context, bucket, key string, digest uint64) (engine.Version, bool, error) {
-	return s.firstVersion(ctx, bucket, key, func(v engine.Version) bool { return engine.VersionDigest(v.VersionID) == digest })
-}
-
-// firstVersion returns the newest of key's versions that match says is
-// the one, from the listing of the key as a prefix (which also lists the
-// longer keys it starts, sorted after it).
-func (s *Store) firstVersion(ctx context.Context, bucket, key string, match func(engine.Version) bool) (engine.Version, bool, error) {
 	var keyMarker, versionMarker string
 	for {
 		page, err := s.ListVersions(ctx, bucket, key, keyMarker, versionMarker)
@@ -708,11 +696,11 @@ func (s *Store) firstVersion(ctx context.Context, bucket, key string, match func
 			return engine.Version{}, false, err
 		}
 		for _, v := range page.Versions {
+			if v.Key == key {
+				return v, true, nil
+			}
 			if v.Key > key {
 				return engine.Version{}, false, nil
-			}
-			if v.Key == key && match(v) {
-				return v, true, nil
 			}
 		}
 		if !page.Truncated {

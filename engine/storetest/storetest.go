@@ -118,7 +118,6 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"Multipart", testMultipart},
 		{"MultipartAbort", testMultipartAbort},
 		{"Current", testCurrent},
-		{"FindVersion", testFindVersion},
 		{"CopyVersion", testCopyVersion},
 		{"Copy", testCopy},
 		{"CopyPart", testCopyPart},
@@ -783,38 +782,6 @@ func testCurrent(t *testing.T, h Harness) {
 	wantClass(t, "Current in a bucket that does not exist", err, engine.Permanent, engine.ReasonNoSuchBucket)
 }
 
-// FindVersion finds one of a key's versions, or delete markers, by the
-// digest of its id, wherever it is in the key's history; not another key's.
-func testFindVersion(t *testing.T, h Harness) {
-	ctx := ctxOf(t)
-	first, err := h.Store.Put(ctx, h.Bucket, "fv", engine.ObjectMeta{}, Payload([]byte("first")))
-	must(t, err)
-	dm, err := h.Store.PutDeleteMarker(ctx, h.Bucket, "fv")
-	must(t, err)
-	last, err := h.Store.Put(ctx, h.Bucket, "fv", engine.ObjectMeta{}, Payload([]byte("last")))
-	must(t, err)
-	longer, err := h.Store.Put(ctx, h.Bucket, "fv-longer", engine.ObjectMeta{}, Payload([]byte("x")))
-	must(t, err)
-	for _, tc := range []struct {
-		what, id string
-		marker   bool
-		size     int64
-	}{{"the oldest version", first, false, 5}, {"a delete marker", dm, true, 0}, {"the newest version", last, false, 4}} {
-		v, ok, err := h.Store.FindVersion(ctx, h.Bucket, "fv", engine.VersionDigest(tc.id))
-		if err != nil || !ok || v.VersionID != tc.id || v.DeleteMarker != tc.marker || !tc.marker && v.Size != tc.size {
-			t.Fatalf("FindVersion of %s (%s): %+v, ok %v, %v", tc.what, tc.id, v, ok, err)
-		}
-	}
-	if v, ok, err := h.Store.FindVersion(ctx, h.Bucket, "fv", engine.VersionDigest(longer)); err != nil || ok {
-		t.Fatalf("FindVersion found another key's version: %+v, ok %v, %v", v, ok, err)
-	}
-	if v, ok, err := h.Store.FindVersion(ctx, h.Bucket, "nothing here", engine.VersionDigest(first)); err != nil || ok {
-		t.Fatalf("FindVersion of a key never written: %+v, ok %v, %v", v, ok, err)
-	}
-	_, _, err = h.Store.FindVersion(ctx, missingBucket(h), "fv", engine.VersionDigest(first))
-	wantClass(t, "FindVersion in a bucket that does not exist", err, engine.Permanent, engine.ReasonNoSuchBucket)
-}
-
 // CopyVersion puts a copy of an older version on top of its key, inside
 // the store, with its bytes, headers, metadata and tags: what a late
 // version's write is followed by.
@@ -966,7 +933,8 @@ func replicaMeta(src, pass string) engine.ObjectMeta {
 }
 
 // FindReplica, the lookup after a crash: a version written at or after
-// since whose metadata names the source version (and pass); versions of
+// since whose metadata names the source version (and pass), or only the
+// sequencer (the newest version's replica, for a late one); versions of
 // another size are not candidates; the search stops at the version
 // ReplicaOf.After names (an earlier write's) and at versions older than
 // since.
@@ -986,7 +954,9 @@ func testFindReplica(t *testing.T, h Harness) {
 	must(t, err)
 	r1b, err := h.Store.Put(ctx, h.Bucket, "k", replicaMeta("s1", "again"), Payload([]byte("12345")))
 	must(t, err)
-	_, err = h.Store.Put(ctx, h.Bucket, "k", replicaMeta("s2", ""), Payload([]byte("123")))
+	m2 := replicaMeta("s2", "")
+	m2.Metadata[engine.MetaSourceSequencer] = "0002"
+	r2, err := h.Store.Put(ctx, h.Bucket, "k", m2, Payload([]byte("123")))
 	must(t, err)
 	_, err = h.Store.PutDeleteMarker(ctx, h.Bucket, "k")
 	must(t, err)
@@ -1011,6 +981,8 @@ func testFindReplica(t *testing.T, h Harness) {
 		{"with After below it", engine.ReplicaOf{Version: "s1", Pass: "again", After: engine.VersionDigest(r1)}, r1b},
 		{"of another key's source version", engine.ReplicaOf{Version: "s9"}, ""},
 		{"of a source version never copied", engine.ReplicaOf{Version: "s3"}, ""},
+		{"by sequencer alone", engine.ReplicaOf{Sequencer: "0002", BySequencer: true}, r2},
+		{"by a sequencer never copied", engine.ReplicaOf{Sequencer: "0003", BySequencer: true}, ""},
 	} {
 		v, ok := find(c.of, since)
 		if ok != (c.want != "") || v != c.want && ok {

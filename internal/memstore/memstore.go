@@ -563,22 +563,6 @@ func (m *Store) Current(_ context.Context, bucket, key string) (engine.Version, 
 		DeleteMarker: v.Marker, LastModified: v.At}, true, nil
 }
 
-// FindVersion implements engine.Destination.
-func (m *Store) FindVersion(_ context.Context, bucket, key string, digest uint64) (engine.Version, bool, error) {
-	if err := m.enter("FindVersion", bucket); err != nil {
-		return engine.Version{}, false, err
-	}
-	defer m.d.mu.Unlock()
-	vs := m.d.versions[bucket+"/"+key]
-	for i := len(vs) - 1; i >= 0; i-- {
-		if v := vs[i]; engine.VersionDigest(v.ID) == digest {
-			return engine.Version{Key: key, VersionID: v.ID, ETag: v.ETag, Size: int64(len(v.Body)), IsLatest: i == len(vs)-1,
-				DeleteMarker: v.Marker, LastModified: v.At}, true, nil
-		}
-	}
-	return engine.Version{}, false, nil
-}
-
 // CopyVersion implements engine.Destination: a copy of one of key's
 // versions on top, with its headers, metadata and tags.
 func (m *Store) CopyVersion(_ context.Context, bucket, key, id string) (string, error) {
