@@ -864,17 +864,19 @@ func (e *Engine) failed(ctx context.Context, op *Op, err error) {
 // written: the destination key's current version, which holds the newest
 // version written (by an event, a backfill or a failback), and records it
 // before anything is written, since the late write changes what is
-// current.
+// current. op is changed only once the plan is whole: a plan set on op
+// makes it late, and a retry would not plan again.
 func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, last KeyState) error {
 	cur, ok, err := dest.Current(ctx, op.DestBucket, op.DestKey)
 	if err != nil {
 		return fmt.Errorf("read the current version of %s/%s: %w", op.DestBucket, op.DestKey, err)
 	}
+	var plan onTopPlan
 	switch {
 	case !ok && last.NewestMarker && op.Action == ActionCopy:
 		// The newest is a delete marker the store did not make (MinIO and
 		// versitygw make none on a key without versions): there is one now.
-		op.OnTopMarker = true
+		plan.marker = true
 	case !ok:
 		e.opLog(op).Warn("a newer version of the key was written, but the destination has none now; writing the late version alone")
 		return nil
@@ -882,9 +884,9 @@ func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, last K
 		(last.NewestMarker || last.LastReplica == 0 || VersionDigest(cur.VersionID) == last.LastReplica):
 		return nil // a late delete marker over a deleted key leaves it deleted
 	case cur.DeleteMarker:
-		op.OnTopMarker = true
+		plan.marker = true
 	default:
-		op.OnTop = cur.VersionID
+		plan.version = cur.VersionID
 	}
 	if ok && last.LastReplica != 0 && VersionDigest(cur.VersionID) != last.LastReplica {
 		// What is on top was written and not recorded: by a newer op that
@@ -897,17 +899,25 @@ func (e *Engine) planOnTop(ctx context.Context, dest Destination, op *Op, last K
 			return err
 		}
 		if !older {
-			op.OnTopUnrecorded = true
-		} else if err := e.planNewestOnTop(ctx, dest, op, cur, last); err != nil {
+			plan.unrecorded = true
+		} else if plan, err = e.planNewestOnTop(ctx, dest, op, cur, last); err != nil {
 			return err
 		}
 	}
+	op.OnTop, op.OnTopMarker, op.OnTopUnrecorded = plan.version, plan.marker, plan.unrecorded
 	op.State = InFlight
 	if err := e.cfg.State.Save(context.WithoutCancel(ctx), op); err != nil {
 		e.stateFailed(err)
 		return fmt.Errorf("save state: %w", err)
 	}
 	return nil
+}
+
+// onTopPlan is what planOnTop puts in Op.OnTop, OnTopMarker and
+// OnTopUnrecorded.
+type onTopPlan struct {
+	version            string
+	marker, unrecorded bool
 }
 
 // olderThanNewest says whether the destination's current version, which
@@ -936,25 +946,22 @@ func (e *Engine) olderThanNewest(ctx context.Context, dest Destination, op *Op, 
 // marker, or the newest of the destination's replicas (and copies) of it,
 // found by its sequencer. The key's last replica is not taken on trust: a
 // late or backfilled write moves it too.
-func (e *Engine) planNewestOnTop(ctx context.Context, dest Destination, op *Op, cur Version, last KeyState) error {
-	op.OnTop, op.OnTopMarker = "", false
+func (e *Engine) planNewestOnTop(ctx context.Context, dest Destination, op *Op, cur Version, last KeyState) (onTopPlan, error) {
 	if last.NewestMarker {
-		op.OnTopMarker = true
 		e.opLog(op).Info("an older version's unrecorded write is on top; a delete marker, the newest, goes back on top", "current", cur.VersionID)
-		return nil
+		return onTopPlan{marker: true}, nil
 	}
 	v, ok, err := dest.FindReplica(ctx, op.DestBucket, op.DestKey, ActionCopy, ReplicaOf{Sequencer: last.Sequencer, BySequencer: true}, time.Time{})
 	if err != nil {
-		return fmt.Errorf("look for the newest replica of %s/%s: %w", op.DestBucket, op.DestKey, err)
+		return onTopPlan{}, fmt.Errorf("look for the newest replica of %s/%s: %w", op.DestBucket, op.DestKey, err)
 	}
 	if !ok {
 		e.opLog(op).Warn("an older version's unrecorded write is on top, and the destination holds no replica of the newest version (sequencer "+last.Sequencer+"); writing the late version alone",
 			"current", cur.VersionID)
-		return nil
+		return onTopPlan{}, nil
 	}
-	op.OnTop = v
 	e.opLog(op).Info("an older version's unrecorded write is on top; the newest goes back on top", "current", cur.VersionID, "newest_replica", v)
-	return nil
+	return onTopPlan{version: v}, nil
 }
 
 // putOnTop writes the newest version once more on top of a late one: a

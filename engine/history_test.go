@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -429,5 +430,35 @@ func TestLateVersionOverAnUnrecordedNewerMarker(t *testing.T) {
 	})
 	if got, want := bodies(dst, "k"), "1 - 0 1 -"; got != want {
 		t.Fatalf("destination history %q, want %q (deleted in the end)", got, want)
+	}
+}
+
+// The lookups that decide what goes on top fail once each (the HEAD of
+// the current version refused, the search for the newest's replica a
+// 503): the op is tried again, plans again from the start, and ends as if
+// nothing had failed.
+func TestLateVersionAfterTwoUnrecordedWritesWhenTheDestinationFails(t *testing.T) {
+	src, dst := newMem(), newMem()
+	v2 := src.add("src", "k", memVersion{body: []byte("2")})
+	v3 := src.add("src", "k", memVersion{body: []byte("3")})
+	store, st, wrote := twoUnrecordedWrites(t, src, dst, op("k", v3, "03"), op("k", v2, "02"))
+	var heads, finds atomic.Int32
+	dst.Fault = func(call string) error {
+		switch {
+		case call == "Head" && heads.Add(1) == 1:
+			return &engine.Error{Class: engine.Transient, Reason: engine.ReasonNetwork, Err: errors.New("connection refused")}
+		case call == "FindReplica" && finds.Add(1) == 1:
+			return &engine.Error{Class: engine.Transient, Reason: engine.ReasonServerError, Err: errors.New("503 Service Unavailable")}
+		}
+		return nil
+	}
+	taken := op("k", v2, "02")
+	taken.WriteStarted = wrote
+	runEngine(t, st, src, dst, []*engine.Op{taken}, waitState(store, taken, engine.Completed))
+	if heads.Load() < 2 || finds.Load() < 2 {
+		t.Fatalf("%d HEADs and %d lookups: the faults were not met", heads.Load(), finds.Load())
+	}
+	if got, want := bodies(dst, "k"), "1 3 2 3"; got != want || currentOf(t, dst, "k") != v3 {
+		t.Fatalf("destination history %q, want %q with a replica of the newest (%s) current", got, want, v3)
 	}
 }
