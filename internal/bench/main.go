@@ -657,11 +657,11 @@ func syscalls(pid int) (reads, writes float64) {
 }
 
 func usage(ps *os.ProcessState) measurement {
-	ru, ok := ps.SysUsage().(*syscall.Rusage)
-	if !ok {
-		return measurement{cpu: ps.UserTime() + ps.SystemTime(), sys: ps.SystemTime()}
+	m := measurement{cpu: ps.UserTime() + ps.SystemTime(), sys: ps.SystemTime()}
+	if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+		m.maxRSS = ru.Maxrss * kib
 	}
-	return measurement{cpu: ps.UserTime() + ps.SystemTime(), sys: ps.SystemTime(), maxRSS: ru.Maxrss * kib}
+	return m
 }
 
 func (m measurement) line(w *workload) string {
